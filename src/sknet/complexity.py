@@ -1,0 +1,52 @@
+"""Parameter and multiply-accumulate counts, measured with torch's own FLOP counter.
+
+The paper's "GFLOPs" are multiply-accumulates: ``FlopCounterMode`` total / 2. Like the paper and
+timm, only convolutions and matrix products are counted (BN, activations, pooling and the
+softmax/weighted sum of the Select step are not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["Complexity", "complexity"]
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    macs: int
+    input_size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"params": self.params, "macs": self.macs, "input_size": self.input_size}
+
+
+def complexity(model: nn.Module, input_size: int | None = None, in_chans: int | None = None) -> Complexity:
+    """Count parameters and MACs of one forward pass on a single image.
+
+    Args:
+        model: any module taking (N, C, H, W); sknet models supply their native size.
+        input_size: square input side (default: the model's ``default_input_size``).
+        in_chans: input channels (default: the model's ``in_chans`` or 3).
+    """
+    size = input_size if input_size is not None else getattr(model, "default_input_size", None)
+    if size is None:
+        raise ValueError("input_size is required for a model without default_input_size")
+    chans = in_chans if in_chans is not None else getattr(model, "in_chans", 3)
+    params = sum(p.numel() for p in model.parameters())
+    ref = next(model.parameters(), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, chans, size, size, device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+    return Complexity(params=params, macs=int(counter.get_total_flops()) // 2, input_size=size)

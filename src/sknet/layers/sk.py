@@ -1,0 +1,315 @@
+"""Selective Kernel convolution (Split - Fuse - Select).
+
+Paper: Li, Wang, Hu, Yang, "Selective Kernel Networks", CVPR 2019 (arXiv:1903.06586), Sec. 3.1.
+
+Split
+    M branches on the same input X. Branch m is a (grouped) convolution, then BN, then ReLU.
+    Effective kernel sizes 3, 5, 7, ... are realised by default as 3x3 convolutions with
+    dilation 1, 2, 3 (as the paper and its official release do); ``kernel_mode="full"`` uses true
+    k x k kernels instead. Every branch carries the stride.
+Fuse
+    U = sum_m U_m;  s = GAP(U) (C values);  z = ReLU(BN(W s)), W is d x C without bias,
+    d = max(C / r, L) (defaults r = 16, L = 32), or an explicit ``attn_dim``.
+Select
+    One 1x1 convolution d -> M*C without bias, reshaped to (N, M, C) and soft-maxed over M;
+    V_c = sum_m a_{m,c} U_{m,c}.
+
+Options beyond the paper, each a typed keyword:
+
+* ``attention="shared"``: one weight per branch for all channels (the Lucid library's variant);
+  the select convolution then maps d -> M.
+* ``aggregation="sum"``: no attention, V = U (the "without SK" rows of the paper's Table 7).
+  The attention parameters are not created.
+* ``split_input=True``: timm's variant, where branch m sees only the m-th slice of the input
+  channels.
+* ``branch_norm=False``: plain convolutions in the branches (no BN, no ReLU), as Lucid does.
+
+Deviations from the paper: none in the default configuration. Training with a per-device batch
+of one is rejected with a clear error, because the BN inside the attention path sees a single
+value per channel there (every public implementation fails in the same place, from inside torch).
+
+The attention of the last forward pass is kept in ``last_attention`` when ``record_attention`` is
+set (see :func:`sknet.capture_attention`); recording stores a detached reference to a tensor the
+forward pass computes anyway, so it costs no extra computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["BranchSpec", "SKAttention", "SKConv", "resolve_branches"]
+
+AttentionKind = Literal["channel", "shared"]
+AggregationKind = Literal["attention", "sum"]
+KernelMode = Literal["dilated", "full"]
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """One Split branch: a ``kernel_size`` x ``kernel_size`` convolution with ``dilation``.
+
+    ``groups=None`` takes the SKConv's default groups. The effective kernel size (receptive
+    field of the branch) is ``dilation * (kernel_size - 1) + 1``.
+    """
+
+    kernel_size: int = 3
+    dilation: int = 1
+    groups: int | None = None
+
+    @property
+    def effective_size(self) -> int:
+        return self.dilation * (self.kernel_size - 1) + 1
+
+    def describe(self) -> str:
+        g = "" if self.groups is None else f" G{self.groups}"
+        return f"{self.kernel_size}x{self.kernel_size} D{self.dilation}{g}"
+
+
+def resolve_branches(
+    branches: Sequence[int | BranchSpec], kernel_mode: KernelMode = "dilated"
+) -> tuple[BranchSpec, ...]:
+    """Turn effective kernel sizes (3, 5, 7, ...) and explicit specs into ``BranchSpec``s.
+
+    With ``kernel_mode="dilated"`` an effective size k > 1 becomes a 3x3 kernel with dilation
+    (k - 1) / 2; with ``"full"`` it becomes a true k x k kernel. Size 1 is a 1x1 convolution.
+    """
+    if kernel_mode not in ("dilated", "full"):
+        raise ValueError(f"kernel_mode must be 'dilated' or 'full', got {kernel_mode!r}")
+    if len(branches) < 1:
+        raise ValueError("SKConv needs at least one branch (M >= 1), got none")
+    specs = []
+    for b in branches:
+        if isinstance(b, BranchSpec):
+            spec = b
+        elif isinstance(b, int) and not isinstance(b, bool):
+            if b < 1 or b % 2 == 0:
+                raise ValueError(f"kernel sizes must be odd and positive, got {b}")
+            if b == 1:
+                spec = BranchSpec(1, 1)
+            elif kernel_mode == "dilated":
+                spec = BranchSpec(3, (b - 1) // 2)
+            else:
+                spec = BranchSpec(b, 1)
+        else:
+            raise TypeError(f"a branch is an odd int kernel size or a BranchSpec, got {b!r}")
+        if spec.kernel_size < 1 or spec.kernel_size % 2 == 0:
+            raise ValueError(f"kernel sizes must be odd and positive, got {spec.kernel_size}")
+        if spec.dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {spec.dilation}")
+        specs.append(spec)
+    return tuple(specs)
+
+
+class SKAttention(nn.Module):
+    """Fuse and Select weights: ``s (N, C, 1, 1) -> a (N, M, C')`` soft-maxed over M.
+
+    ``C' = C`` for channel-wise attention (paper) and ``1`` for shared attention (Lucid).
+
+    Args:
+        channels: C, the width of the branch outputs.
+        num_branches: M.
+        attn_dim: d, the width of the compact feature z.
+        attention: ``"channel"`` or ``"shared"``.
+        use_norm: BN + ReLU after the reduction (paper: True).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_branches: int,
+        attn_dim: int,
+        *,
+        attention: AttentionKind = "channel",
+        use_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if attention not in ("channel", "shared"):
+            raise ValueError(f"attention must be 'channel' or 'shared', got {attention!r}")
+        if attn_dim < 1:
+            raise ValueError(f"attention width d must be >= 1, got {attn_dim}")
+        self.channels = channels
+        self.num_branches = num_branches
+        self.attention = attention
+        out = num_branches * channels if attention == "channel" else num_branches
+        self.fc_reduce = nn.Conv2d(channels, attn_dim, 1, bias=False)
+        self.bn = nn.BatchNorm2d(attn_dim) if use_norm else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+        self.fc_select = nn.Conv2d(attn_dim, out, 1, bias=False)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        # s: (N, C, 1, 1) -> logits (N, M*C', 1, 1) -> (N, M, C')
+        if self.training and s.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm2d):
+            raise ValueError(
+                "SKConv in training mode needs a per-device batch of at least 2: the BatchNorm "
+                "in its attention path normalises one value per channel per sample, which is "
+                "undefined for a batch of 1. Use a larger batch, model.eval(), or freeze the "
+                "attention BN (module.attn.bn.eval())."
+            )
+        z = self.act(self.bn(self.fc_reduce(s)))
+        logits = self.fc_select(z).view(s.shape[0], self.num_branches, -1)
+        return logits.softmax(dim=1)
+
+
+class SKConv(nn.Module):
+    """Selective Kernel convolution ``(N, C_in, H, W) -> (N, C_out, H/stride, W/stride)``.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C (default: ``in_channels``).
+        branches: effective kernel sizes (odd ints) or ``BranchSpec``s; M = len(branches).
+            Default ``(3, 5)`` as in SK[2, G, r].
+        kernel_mode: how int sizes are realised, ``"dilated"`` (paper) or ``"full"``.
+        groups: G, default groups for every branch (a ``BranchSpec`` may override it).
+        stride: stride of every branch.
+        reduction: r in d = max(C / r, L).
+        min_attn_dim: L in d = max(C / r, L).
+        attn_dim: explicit d, overrides r and L (official SKNet-101 uses d = 16 in stage 4).
+        attention: ``"channel"`` (paper) or ``"shared"`` (Lucid).
+        aggregation: ``"attention"`` (paper) or ``"sum"`` (no selection, Table 7).
+        split_input: timm's split input: branch m convolves the m-th of M input slices.
+        branch_norm: BN + ReLU after each branch convolution (paper: True; Lucid: False).
+        attn_norm: BN + ReLU in the attention path (paper: True; a BN-free variant allows
+            training at batch 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        branches: Sequence[int | BranchSpec] = (3, 5),
+        kernel_mode: KernelMode = "dilated",
+        groups: int = 32,
+        stride: int = 1,
+        reduction: int = 16,
+        min_attn_dim: int = 32,
+        attn_dim: int | None = None,
+        attention: AttentionKind = "channel",
+        aggregation: AggregationKind = "attention",
+        split_input: bool = False,
+        branch_norm: bool = True,
+        attn_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        specs = resolve_branches(branches, kernel_mode)
+        m = len(specs)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        if reduction < 1:
+            raise ValueError(f"reduction r must be >= 1, got {reduction}")
+        if aggregation not in ("attention", "sum"):
+            raise ValueError(f"aggregation must be 'attention' or 'sum', got {aggregation!r}")
+        if attention not in ("channel", "shared"):
+            raise ValueError(f"attention must be 'channel' or 'shared', got {attention!r}")
+        branch_in = in_channels
+        if split_input:
+            if in_channels % m:
+                raise ValueError(
+                    f"split_input needs in_channels ({in_channels}) divisible by the number "
+                    f"of branches ({m})"
+                )
+            branch_in = in_channels // m
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.split_input = split_input
+        self.aggregation = aggregation
+        self.specs = specs
+        self.branches = nn.ModuleList()
+        for spec in specs:
+            g = groups if spec.groups is None else spec.groups
+            if g < 1 or branch_in % g or out_channels % g:
+                raise ValueError(
+                    f"branch {spec.describe()} with groups={g}: input channels ({branch_in}) and "
+                    f"output channels ({out_channels}) must both be divisible by groups"
+                )
+            self.branches.append(_Branch(branch_in, out_channels, spec, g, stride, branch_norm))
+        if aggregation == "attention":
+            d = attn_dim if attn_dim is not None else max(out_channels // reduction, min_attn_dim)
+            self.attn_dim = d
+            self.attn: SKAttention | None = SKAttention(
+                out_channels, m, d, attention=attention, use_norm=attn_norm
+            )
+        else:
+            self.attn_dim = 0
+            self.attn = None
+        self.record_attention = False
+        self.last_attention: torch.Tensor | None = None
+        self.unit_name = ""  # set by the model assembler, e.g. "SK_3_2"
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.branches)
+
+    def extra_repr(self) -> str:
+        kinds = ", ".join(s.describe() for s in self.specs)
+        return f"branches=[{kinds}], d={self.attn_dim}, aggregation={self.aggregation}"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"SKConv expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SKConv expects {self.in_channels} input channels, got {x.shape[1]}"
+            )
+
+    def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The Split step: the M branch outputs U_m, each (N, C, H', W')."""
+        if self.split_input:
+            xs = torch.chunk(x, self.num_branches, dim=1)
+            return [b(xi) for b, xi in zip(self.branches, xs)]
+        return [b(x) for b in self.branches]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        feats = self.branch_outputs(x)  # M x (N, C, H', W')
+        u = feats[0]
+        for f in feats[1:]:
+            u = u + f
+        if self.attn is None:
+            return u
+        s = u.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        a = self.attn(s)  # (N, M, C') with C' in {C, 1}
+        if self.record_attention:
+            self.last_attention = a.detach().expand(-1, -1, self.out_channels)
+        a = a.unsqueeze(-1).unsqueeze(-1)  # (N, M, C', 1, 1)
+        if len(feats) == 2:
+            # a0 + a1 = 1, so V = U_1 + a0 (U_0 - U_1): one product instead of two.
+            return torch.addcmul(feats[1], a[:, 0], feats[0] - feats[1])
+        out = feats[0] * a[:, 0]
+        for i in range(1, len(feats)):
+            out = torch.addcmul(out, feats[i], a[:, i])
+        return out
+
+
+class _Branch(nn.Module):
+    """conv -> BN -> ReLU (or a plain conv when ``norm`` is False)."""
+
+    def __init__(
+        self, cin: int, cout: int, spec: BranchSpec, groups: int, stride: int, norm: bool
+    ) -> None:
+        super().__init__()
+        pad = spec.dilation * (spec.kernel_size - 1) // 2
+        self.conv = nn.Conv2d(
+            cin,
+            cout,
+            spec.kernel_size,
+            stride=stride,
+            padding=pad,
+            dilation=spec.dilation,
+            groups=groups,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
+        self.act = nn.ReLU(inplace=True) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))

@@ -1,0 +1,154 @@
+"""The model registry: one entry per model name, each a frozen config read by one builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sknet.models._base import SKNetModel
+
+__all__ = ["ModelEntry", "PaperFigures", "create_model", "get_entry", "list_models", "register"]
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """What the paper reports for a model (ImageNet: 1000 classes; CIFAR: 100 classes).
+
+    ``confirmed`` is False for figures recalled rather than confirmed from a public source.
+    """
+
+    params: float | None = None  # in units of 1 (e.g. 27.5e6)
+    macs: float | None = None  # multiply-accumulates ("GFLOPs" in the paper)
+    top1_err: float | None = None
+    source: str = ""
+    confirmed: bool = True
+    params_confirmed: bool | None = None  # overrides ``confirmed`` for the params figure
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its family builder and its architecture config."""
+
+    name: str
+    family: str
+    config: Any  # a frozen dataclass specific to the family
+    builder: Callable[..., SKNetModel]
+    description: str = ""
+    paper: PaperFigures | None = None
+    paper_num_classes: int = 1000
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config.default_input_size)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add a model; a name can be registered only once."""
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model name {entry.name!r} is already registered")
+    if not dataclasses.is_dataclass(entry.config):
+        raise TypeError(f"{entry.name}: config must be a dataclass instance")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard ``pattern`` (e.g. ``"sk*"``)."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` with suggestions."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint} (see sknet.list_models() for all "
+            f"{len(_REGISTRY)} names)"
+        ) from None
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, (tuple, list))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
+    """``dataclasses.replace`` with a clear error for unknown keys and wrong value types."""
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, fields, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(
+            f"create_model({name!r}): unknown override {', '.join(hints)}; valid overrides "
+            f"are {', '.join(sorted(fields))}"
+        )
+    hints_by_name = typing.get_type_hints(type(config))
+    for k, v in overrides.items():
+        if not _type_ok(v, hints_by_name[k]):
+            raise TypeError(
+                f"create_model({name!r}): override {k}={v!r} has the wrong type, expected "
+                f"{hints_by_name[k]}"
+            )
+        if isinstance(v, list):
+            overrides[k] = tuple(v)
+    return dataclasses.replace(config, **overrides)
+
+
+def create_model(
+    name: str, *, num_classes: int | None = None, in_chans: int = 3, **overrides: Any
+) -> SKNetModel:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: classifier width (default: 1000 for ImageNet models, 100 for CIFAR ones,
+            the paper's setting); 0 gives a model without classifier.
+        in_chans: input channels.
+        **overrides: fields of the family's config dataclass (e.g. ``sk_branches=(3, 5, 7)``);
+            an unknown field or a value of the wrong type raises ``TypeError`` naming it.
+    """
+    entry = get_entry(name)
+    if num_classes is None:
+        num_classes = entry.paper_num_classes
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+    config = apply_overrides(entry.config, dict(overrides), name)
+    model = entry.builder(config, num_classes=num_classes, in_chans=in_chans)
+    model.model_name = name  # type: ignore[assignment]
+    return model

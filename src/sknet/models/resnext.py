@@ -1,0 +1,257 @@
+"""ResNeXt-family assembler: ResNeXt, SENet (SE-ResNeXt) and SKNet, ImageNet and CIFAR.
+
+Papers: Li et al., "Selective Kernel Networks", CVPR 2019 (Tables 1-3, 5); Xie et al.,
+"Aggregated Residual Transformations" (ResNeXt), CVPR 2017; Hu et al., "Squeeze-and-Excitation
+Networks", CVPR 2018.
+
+One assembler, :class:`ResNeXt`, builds every variant; they differ only in the block
+(``"plain"``, ``"se"``, ``"sk"``, ``"lucid_sk"``) and the numbers of a frozen
+:class:`ResNeXtConfig`.
+
+Unit (paper Table 1): 1x1 conv + BN + ReLU -> 3x3 stage -> 1x1 conv + BN (-> SE) -> add ->
+ReLU, with a 1x1 conv + BN projection shortcut where the shape changes. The stride sits in the
+3x3 stage (for SK: on every branch), as in the official release.
+
+Deviations from the paper:
+
+* SKNet-101 follows the official release, which uses d = 16 (not max(C/r, 32) = 32) in
+  stage 4 (``conv4_x``); the paper's text gives no exception. Override with
+  ``sk_attn_dims=None``.
+* SKNet-29 (CIFAR): the paper does not give its SK setting. We use 32 groups of 16 channels in
+  each branch (the 16x32d backbone's 3x3 conv has 16 groups of 32), r = 16, L = 32: 28.35M
+  parameters against the paper's 27.7M (+2.3%); 16 groups per branch would give 37.6M.
+* The ``lucid_sk`` block reproduces the Lucid library: true 3x3 and 5x5 kernels without BN/ReLU
+  in the branches, one attention weight per branch shared by all channels, d = C // r without
+  the L floor, then BN + ReLU after the SK convolution.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sknet.layers.se import SEModule
+from sknet.layers.sk import BranchSpec, SKConv
+from sknet.models._base import ClassifierHead, SKNetModel
+
+__all__ = ["ConvNormAct", "ResNeXt", "ResNeXtBlock", "ResNeXtConfig"]
+
+BlockKind = Literal["plain", "se", "sk", "lucid_sk"]
+
+
+@dataclass(frozen=True)
+class ResNeXtConfig:
+    """Architecture of a ResNeXt-family model (all fields can be overridden in create_model).
+
+    Stage i (0-based) has ``layers[i]`` units, output width ``stage_out[i]`` and bottleneck
+    (3x3) width ``mid_widths[i]`` or, when that is None, ``cardinality * base_width * 2**i``.
+    """
+
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    block: BlockKind = "plain"
+    cardinality: int = 32
+    base_width: int = 4
+    mid_widths: tuple[int, ...] | None = None
+    stage_out: tuple[int, ...] = (256, 512, 1024, 2048)
+    stem: Literal["imagenet", "cifar", "small"] = "imagenet"
+    stem_width: int = 64
+    default_input_size: int = 224
+    se_reduction: int = 16
+    sk_branches: tuple[int | BranchSpec, ...] = (3, 5)
+    sk_kernel_mode: Literal["dilated", "full"] = "dilated"
+    sk_groups: int | None = None  # default: cardinality
+    sk_reduction: int = 16
+    sk_min_attn_dim: int = 32
+    sk_attn_dims: tuple[int | None, ...] | None = None  # per-stage d override
+    sk_attention: Literal["channel", "shared"] = "channel"
+    sk_aggregation: Literal["attention", "sum"] = "attention"
+    sk_split_input: bool = False
+
+    def mid_width(self, stage: int) -> int:
+        if self.mid_widths is not None:
+            return self.mid_widths[stage]
+        return self.cardinality * self.base_width * 2**stage
+
+    def validate(self) -> None:
+        n = len(self.layers)
+        if n < 1 or any(u < 1 for u in self.layers):
+            raise ValueError(f"layers must be positive unit counts, got {self.layers}")
+        if len(self.stage_out) != n:
+            raise ValueError(f"stage_out needs {n} widths (one per stage), got {self.stage_out}")
+        if self.mid_widths is not None and len(self.mid_widths) != n:
+            raise ValueError(f"mid_widths needs {n} widths, got {self.mid_widths}")
+        if self.sk_attn_dims is not None and len(self.sk_attn_dims) != n:
+            raise ValueError(f"sk_attn_dims needs {n} entries, got {self.sk_attn_dims}")
+        if self.block not in ("plain", "se", "sk", "lucid_sk"):
+            raise ValueError(f"unknown block {self.block!r}")
+        for i in range(n):
+            mid = self.mid_width(i)
+            if mid % self.cardinality:
+                raise ValueError(
+                    f"stage {i + 2}: bottleneck width {mid} is not divisible by cardinality "
+                    f"{self.cardinality}"
+                )
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (no bias) -> BN -> optional ReLU."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+    ) -> None:
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(
+                    cin, cout, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+                ),
+                bn=nn.BatchNorm2d(cout),
+                act=nn.ReLU(inplace=True) if act else nn.Identity(),
+            )
+        )
+
+
+class ResNeXtBlock(nn.Module):
+    """Bottleneck unit; ``kind`` picks what fills the 3x3 stage and whether SE gates it.
+
+    Submodule names (part of the checkpoint format): ``conv1``, ``conv2`` (the 3x3 stage:
+    ``ConvNormAct`` or ``SKConv``), ``conv3``, ``se``, ``downsample``.
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        mid: int,
+        cout: int,
+        stride: int,
+        cfg: ResNeXtConfig,
+        stage: int,
+        kind: BlockKind,
+    ) -> None:
+        super().__init__()
+        self.conv1 = ConvNormAct(cin, mid, 1)
+        if kind in ("plain", "se"):
+            self.conv2: nn.Module = ConvNormAct(mid, mid, 3, stride, groups=cfg.cardinality)
+        else:
+            lucid = kind == "lucid_sk"
+            sk = SKConv(
+                mid,
+                mid,
+                branches=cfg.sk_branches,
+                kernel_mode=cfg.sk_kernel_mode,
+                groups=cfg.sk_groups or cfg.cardinality,
+                stride=stride,
+                reduction=cfg.sk_reduction,
+                min_attn_dim=cfg.sk_min_attn_dim,
+                attn_dim=cfg.sk_attn_dims[stage] if cfg.sk_attn_dims is not None else None,
+                attention=cfg.sk_attention,
+                aggregation=cfg.sk_aggregation,
+                split_input=cfg.sk_split_input,
+                branch_norm=not lucid,
+            )
+            if lucid:
+                self.conv2 = nn.Sequential(
+                    OrderedDict(sk=sk, bn=nn.BatchNorm2d(mid), act=nn.ReLU(inplace=True))
+                )
+            else:
+                self.conv2 = sk
+        self.conv3 = ConvNormAct(mid, cout, 1, act=False)
+        self.se: nn.Module = SEModule(cout, cfg.se_reduction) if kind == "se" else nn.Identity()
+        self.downsample: nn.Module = (
+            ConvNormAct(cin, cout, 1, stride, act=False)
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.se(self.conv3(self.conv2(self.conv1(x))))
+        return self.act(out + self.downsample(x))
+
+
+class ResNeXt(SKNetModel):
+    """Generic ResNeXt-family network: stem, stages of :class:`ResNeXtBlock`, pooled linear head.
+
+    Args:
+        cfg: the architecture.
+        num_classes: classifier width (0: no classifier).
+        in_chans: input channels.
+    """
+
+    def __init__(self, cfg: ResNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.default_input_size = cfg.default_input_size
+        if cfg.stem == "imagenet":
+            self.stem = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(in_chans, cfg.stem_width, 7, 2, 3, bias=False),
+                    bn=nn.BatchNorm2d(cfg.stem_width),
+                    act=nn.ReLU(inplace=True),
+                    pool=nn.MaxPool2d(3, 2, 1),
+                )
+            )
+            reduction = 4
+        else:  # "cifar": one 3x3 conv; "small": the same with stride 2 (demo-sized models)
+            reduction = 1 if cfg.stem == "cifar" else 2
+            self.stem = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(in_chans, cfg.stem_width, 3, reduction, 1, bias=False),
+                    bn=nn.BatchNorm2d(cfg.stem_width),
+                    act=nn.ReLU(inplace=True),
+                )
+            )
+        self.feature_info = [{"num_chs": cfg.stem_width, "reduction": reduction, "module": "stem"}]
+        cin = cfg.stem_width
+        stages = []
+        for i, (units, cout) in enumerate(zip(cfg.layers, cfg.stage_out)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            blocks = []
+            for u in range(units):
+                blk = ResNeXtBlock(
+                    cin, cfg.mid_width(i), cout, stride if u == 0 else 1, cfg, i, cfg.block
+                )
+                for mod in blk.modules():
+                    if isinstance(mod, SKConv):
+                        mod.unit_name = f"SK_{i + 2}_{u + 1}"
+                blocks.append(blk)
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(
+                {"num_chs": cout, "reduction": reduction, "module": f"stages.{i}"}
+            )
+        self.stages = nn.Sequential(*stages)
+        self.min_input_size = reduction
+        self.num_features = cin
+        self.head = ClassifierHead(cin, num_classes)
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))  # (N, C_last, H / stride, W / stride)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
