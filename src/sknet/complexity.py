@@ -26,7 +26,9 @@ class Complexity:
         return {"params": self.params, "macs": self.macs, "input_size": self.input_size}
 
 
-def complexity(model: nn.Module, input_size: int | None = None, in_chans: int | None = None) -> Complexity:
+def complexity(
+    model: nn.Module, input_size: int | None = None, in_chans: int | None = None
+) -> Complexity:
     """Count parameters and MACs of one forward pass on a single image.
 
     Args:

@@ -35,6 +35,7 @@ forward pass computes anyway, so it costs no extra computation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +44,8 @@ import torch
 from torch import nn
 
 __all__ = ["BranchSpec", "SKAttention", "SKConv", "resolve_branches"]
+
+_SPEC_RE = re.compile(r"(\d+)\s*x\s*(\d+)(?:\s*[Dd]\s*(\d+))?(?:\s*[Gg]\s*(\d+))?")
 
 AttentionKind = Literal["channel", "shared"]
 AggregationKind = Literal["attention", "sum"]
@@ -69,11 +72,26 @@ class BranchSpec:
         g = "" if self.groups is None else f" G{self.groups}"
         return f"{self.kernel_size}x{self.kernel_size} D{self.dilation}{g}"
 
+    @classmethod
+    def parse(cls, text: str) -> BranchSpec:
+        """Parse the paper's notation, e.g. ``"3x3 D2 G32"``, ``"5x5 G64"``, ``"3x3"``."""
+        m = _SPEC_RE.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(
+                f"cannot parse branch {text!r}: expected e.g. '3x3', '3x3 D2' or '5x5 D1 G64'"
+            )
+        k1, k2, d, g = m.groups()
+        if k1 != k2:
+            raise ValueError(f"branch {text!r}: only square kernels are supported")
+        return cls(int(k1), int(d) if d else 1, int(g) if g else None)
+
 
 def resolve_branches(
-    branches: Sequence[int | BranchSpec], kernel_mode: KernelMode = "dilated"
+    branches: Sequence[int | str | BranchSpec], kernel_mode: KernelMode = "dilated"
 ) -> tuple[BranchSpec, ...]:
-    """Turn effective kernel sizes (3, 5, 7, ...) and explicit specs into ``BranchSpec``s.
+    """Turn effective kernel sizes (3, 5, 7, ...), specs and their text into ``BranchSpec``s.
+
+    Text uses the paper's notation (``"3x3 D2 G32"``, see :meth:`BranchSpec.parse`).
 
     With ``kernel_mode="dilated"`` an effective size k > 1 becomes a 3x3 kernel with dilation
     (k - 1) / 2; with ``"full"`` it becomes a true k x k kernel. Size 1 is a 1x1 convolution.
@@ -86,6 +104,8 @@ def resolve_branches(
     for b in branches:
         if isinstance(b, BranchSpec):
             spec = b
+        elif isinstance(b, str):
+            spec = BranchSpec.parse(b)
         elif isinstance(b, int) and not isinstance(b, bool):
             if b < 1 or b % 2 == 0:
                 raise ValueError(f"kernel sizes must be odd and positive, got {b}")
@@ -96,7 +116,9 @@ def resolve_branches(
             else:
                 spec = BranchSpec(b, 1)
         else:
-            raise TypeError(f"a branch is an odd int kernel size or a BranchSpec, got {b!r}")
+            raise TypeError(
+                f"a branch is an odd int kernel size, a BranchSpec or its text, got {b!r}"
+            )
         if spec.kernel_size < 1 or spec.kernel_size % 2 == 0:
             raise ValueError(f"kernel sizes must be odd and positive, got {spec.kernel_size}")
         if spec.dilation < 1:
@@ -182,7 +204,7 @@ class SKConv(nn.Module):
         in_channels: int,
         out_channels: int | None = None,
         *,
-        branches: Sequence[int | BranchSpec] = (3, 5),
+        branches: Sequence[int | str | BranchSpec] = (3, 5),
         kernel_mode: KernelMode = "dilated",
         groups: int = 32,
         stride: int = 1,
@@ -257,9 +279,7 @@ class SKConv(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"SKConv expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"SKConv expects {self.in_channels} input channels, got {x.shape[1]}"
-            )
+            raise ValueError(f"SKConv expects {self.in_channels} input channels, got {x.shape[1]}")
 
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The Split step: the M branch outputs U_m, each (N, C, H', W')."""

@@ -20,7 +20,9 @@ class ClassifierHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
         self.in_features = in_features
-        self.fc: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = (
+            nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(2, 3))  # (N, C)
@@ -112,7 +114,9 @@ def sk_units(model: nn.Module) -> dict[str, SKConv]:
 def attention_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """The attention recorded in the last forward pass, ``{unit: (N, M, C)}``."""
     return {
-        name: m.last_attention for name, m in sk_units(model).items() if m.last_attention is not None
+        name: m.last_attention
+        for name, m in sk_units(model).items()
+        if m.last_attention is not None
     }
 
 

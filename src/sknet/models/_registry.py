@@ -75,8 +75,7 @@ def get_entry(name: str) -> ModelEntry:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}{hint} (see sknet.list_models() for all "
-            f"{len(_REGISTRY)} names)"
+            f"unknown model {name!r}{hint} (see sknet.list_models() for all {len(_REGISTRY)} names)"
         ) from None
 
 

@@ -61,7 +61,7 @@ class ResNeXtConfig:
     stem_width: int = 64
     default_input_size: int = 224
     se_reduction: int = 16
-    sk_branches: tuple[int | BranchSpec, ...] = (3, 5)
+    sk_branches: tuple[int | str | BranchSpec, ...] = (3, 5)
     sk_kernel_mode: Literal["dilated", "full"] = "dilated"
     sk_groups: int | None = None  # default: cardinality
     sk_reduction: int = 16

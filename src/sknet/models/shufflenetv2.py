@@ -42,7 +42,7 @@ class ShuffleNetV2Config:
     stage_out: tuple[int, ...] = (24, 116, 232, 464, 1024)  # stem, stages..., last conv
     unit: UnitKind = "plain"
     se_reduction: int = 4
-    sk_branches: tuple[int, ...] = (3, 5)
+    sk_branches: tuple[int | str, ...] = (3, 5)
     sk_kernel_mode: Literal["dilated", "full"] = "dilated"
     sk_reduction: int = 16
     sk_min_attn_dim: int = 32
@@ -84,9 +84,7 @@ def _dw(c: int, stride: int, cfg: ShuffleNetV2Config, kind: UnitKind) -> nn.Modu
             aggregation=cfg.sk_aggregation,
         )
     return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), bn=nn.BatchNorm2d(c)
-        )
+        OrderedDict(conv=nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), bn=nn.BatchNorm2d(c))
     )
 
 
@@ -114,9 +112,7 @@ class ShuffleUnit(nn.Module):
         if stride == 1 and cin != cout:
             raise ValueError("a stride-1 unit needs equal input and output widths")
         self.branch1: nn.Module = (
-            nn.Sequential(
-                OrderedDict(dw=_dw(cin, stride, cfg, kind), pw=_pw(cin, half))
-            )
+            nn.Sequential(OrderedDict(dw=_dw(cin, stride, cfg, kind), pw=_pw(cin, half)))
             if stride == 2
             else nn.Identity()
         )

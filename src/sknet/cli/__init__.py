@@ -1,0 +1,1 @@
+"""The ``sknet`` command line; it uses only sknet's public API."""

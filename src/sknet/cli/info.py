@@ -1,0 +1,89 @@
+"""``sknet info``: parameters and multiply-accumulates of registered models, vs the paper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="parameters and MACs of a model (torch's FLOP counter), with the paper's figures",
+        description="Count parameters and multiply-accumulates (the paper's 'GFLOPs').",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="model names or wildcards (sk*)")
+    p.add_argument("--input-size", type=int, default=None, help="square input side")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per model)")
+    p.add_argument("--list", action="store_true", help="list model names and exit")
+    p.set_defaults(func=run)
+
+
+def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
+    import sknet
+
+    entry = sknet.get_entry(name)
+    model = sknet.create_model(name, num_classes=num_classes)
+    c = sknet.complexity(model, input_size)
+    row: dict = {
+        "name": name,
+        "params": c.params,
+        "macs": c.macs,
+        "input_size": c.input_size,
+        "num_classes": model.num_classes,
+        "description": entry.description,
+    }
+    paper = entry.paper
+    if paper is not None:
+        row["paper"] = {
+            "params": paper.params,
+            "macs": paper.macs,
+            "top1_err": paper.top1_err,
+            "source": paper.source,
+            "confirmed": paper.confirmed,
+        }
+    return row
+
+
+def _expand(patterns: list[str]) -> list[str]:
+    import sknet
+
+    names: list[str] = []
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            found = sknet.list_models(pat)
+            if not found:
+                raise ValueError(f"no model matches {pat!r}")
+            names.extend(found)
+        else:
+            sknet.get_entry(pat)  # raises with suggestions
+            names.append(pat)
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    import sknet
+
+    if args.list:
+        for n in sknet.list_models():
+            print(n)
+        return 0
+    if not args.names:
+        raise ValueError("give at least one model name (sknet info --list shows them)")
+    if args.input_size is not None and args.input_size < 1:
+        raise ValueError(f"--input-size must be positive, got {args.input_size}")
+    rows = [_row(n, args.input_size, args.num_classes) for n in _expand(args.names)]
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        return 0
+    print(f"{'model':<24} {'params':>14} {'GMACs':>8} {'input':>6}  paper params / GMACs")
+    for r in rows:
+        p = r.get("paper") or {}
+        pp = f"{p['params'] / 1e6:.2f}M" if p.get("params") else "-"
+        pm = f"{p['macs'] / 1e9:.3f}" if p.get("macs") else "-"
+        print(
+            f"{r['name']:<24} {r['params']:>14,} {r['macs'] / 1e9:>8.3f} {r['input_size']:>6}"
+            f"  {pp} / {pm}"
+        )
+    return 0

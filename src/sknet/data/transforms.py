@@ -1,0 +1,176 @@
+"""Named train / eval transform presets (``torchvision.transforms`` v1).
+
+Kinds:
+
+* ``"imagenet"`` (alias ``"imagefolder"``): PIL input. Train: ``RandomResizedCrop`` +
+  horizontal flip; eval: resize the short side to ``round(image_size / crop_ratio)`` then
+  ``CenterCrop(image_size)`` (224 -> 256, 320 -> 366). Normalised with ImageNet statistics.
+* ``"cifar"`` (aliases ``"cifar10"``, ``"cifar100"`` pick that dataset's statistics): PIL input.
+  Train: ``RandomCrop(32, padding=4)`` + flip; eval: tensor conversion only (another
+  ``image_size`` resizes first).
+* ``"synthetic"``: input is already a float tensor in ``[0, 1]`` (:class:`SyntheticShapes`).
+  Train: horizontal flip; eval: nothing but normalisation (0.5 / 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torchvision import transforms as T
+
+from .synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TRANSFORM_KINDS",
+    "eval_resize_size",
+    "eval_transform",
+    "normalization",
+    "train_transform",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
+
+#: Accepted ``kind`` values (aliases included).
+TRANSFORM_KINDS: tuple[str, ...] = (
+    "imagenet",
+    "imagefolder",
+    "cifar",
+    "cifar10",
+    "cifar100",
+    "synthetic",
+)
+
+_CANONICAL = {
+    "imagenet": "imagenet",
+    "imagefolder": "imagenet",
+    "cifar": "cifar",
+    "cifar10": "cifar",
+    "cifar100": "cifar",
+    "synthetic": "synthetic",
+}
+
+_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD),
+}
+
+_DEFAULT_SIZE = {"imagenet": 224, "cifar": 32, "synthetic": 48}
+
+
+def _canonical(kind: str) -> str:
+    try:
+        return _CANONICAL[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown transform kind {kind!r}; expected one of {list(TRANSFORM_KINDS)}"
+        ) from None
+
+
+def normalization(
+    kind: str,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Default ``(mean, std)`` for a transform kind (``"cifar"`` uses CIFAR-10 statistics)."""
+    _canonical(kind)
+    return _STATS[kind]
+
+
+def _normalize(kind: str, mean: Sequence[float] | None, std: Sequence[float] | None) -> T.Normalize:
+    d_mean, d_std = _STATS[kind]
+    return T.Normalize(
+        mean=list(d_mean if mean is None else mean), std=list(d_std if std is None else std)
+    )
+
+
+def eval_resize_size(image_size: int, crop_ratio: float = 0.875) -> int:
+    """Short-side resize before the centre crop: ``round(image_size / crop_ratio)``.
+
+    224 -> 256, 320 -> 366 (rounded, not truncated).
+    """
+    if not 0.0 < crop_ratio <= 1.0:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    return math.floor(image_size / crop_ratio + 0.5)
+
+
+def train_transform(
+    kind: str,
+    image_size: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> T.Compose:
+    """Training augmentation preset.
+
+    Args:
+        kind: One of :data:`TRANSFORM_KINDS`.
+        image_size: Output side (default 224 imagenet, 32 cifar; ignored for synthetic).
+        crop_scale: ``RandomResizedCrop`` area range (imagenet only).
+        mean: Normalisation mean (default: the kind's statistics).
+        std: Normalisation std (default: the kind's statistics).
+    """
+    canon = _canonical(kind)
+    size = _DEFAULT_SIZE[canon] if image_size is None else int(image_size)
+    norm = _normalize(kind, mean, std)
+    if canon == "imagenet":
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=tuple(crop_scale)),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                norm,
+            ]
+        )
+    if canon == "cifar":
+        # CIFAR images are 32x32; another image_size resizes first and scales the padding.
+        steps: list[object] = [] if size == 32 else [T.Resize(size)]
+        pad = 4 if size == 32 else max(1, round(4 * size / 32))
+        return T.Compose(
+            [*steps, T.RandomCrop(size, padding=pad), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
+    return T.Compose([T.RandomHorizontalFlip(), norm])
+
+
+def eval_transform(
+    kind: str,
+    image_size: int | None = None,
+    crop_ratio: float = 0.875,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> T.Compose:
+    """Evaluation preset.
+
+    imagenet: ``Resize(eval_resize_size(image_size, crop_ratio))`` + ``CenterCrop(image_size)``;
+    cifar: ``ToTensor`` (plus ``Resize`` when ``image_size`` is not 32); synthetic: only
+    normalisation. All end with ``Normalize(mean, std)``.
+    """
+    canon = _canonical(kind)
+    size = _DEFAULT_SIZE[canon] if image_size is None else int(image_size)
+    norm = _normalize(kind, mean, std)
+    if canon == "imagenet":
+        return T.Compose(
+            [
+                T.Resize(eval_resize_size(size, crop_ratio)),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                norm,
+            ]
+        )
+    if canon == "cifar":
+        resize: list[object] = [] if size == 32 else [T.Resize(size)]
+        return T.Compose([*resize, T.ToTensor(), norm])
+    return T.Compose([norm])
