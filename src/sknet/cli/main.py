@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 # The sub-command modules, in the order `sknet --help` lists them.
-COMMANDS: tuple[str, ...] = ("info", "convert")
+COMMANDS: tuple[str, ...] = ("info", "convert", "train", "eval", "analyze", "ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:
