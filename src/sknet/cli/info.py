@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=None, help="square input side")
     p.add_argument("--num-classes", type=int, default=None, help="classifier width")
     p.add_argument("--json", action="store_true", help="print JSON (one object per model)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print a markdown table with the paper's figures"
+    )
     p.add_argument("--list", action="store_true", help="list model names and exit")
     p.set_defaults(func=run)
 
@@ -77,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return 0
+    if args.markdown:
+        print(_markdown(rows))
+        return 0
     print(f"{'model':<24} {'params':>14} {'GMACs':>8} {'input':>6}  paper params / GMACs")
     for r in rows:
         p = r.get("paper") or {}
@@ -87,3 +93,25 @@ def run(args: argparse.Namespace) -> int:
             f"  {pp} / {pm}"
         )
     return 0
+
+
+def _fmt_gap(ours: float, paper: float | None) -> str:
+    return f"{100 * (ours - paper) / paper:+.1f}%" if paper else ""
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | input | params | paper | gap | MACs (G) | paper | gap | source |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        p = r.get("paper") or {}
+        pp, pm = p.get("params"), p.get("macs")
+        mark = "" if not p else (" (C)" if p.get("confirmed") else " (U)")
+        lines.append(
+            f"| `{r['name']}` | {r['input_size']} | {r['params'] / 1e6:.2f}M | "
+            f"{f'{pp / 1e6:.2f}M' if pp else '-'} | {_fmt_gap(r['params'], pp)} | "
+            f"{r['macs'] / 1e9:.3f} | {f'{pm / 1e9:.3f}' if pm else '-'} | "
+            f"{_fmt_gap(r['macs'], pm)} | {p.get('source', '') + mark if p else r['description']} |"
+        )
+    return "\n".join(lines)
