@@ -1,0 +1,204 @@
+"""``sknet train``: train a model from a preset or a TOML config (default: the CPU demo).
+
+Under ``torchrun`` the same command trains with DDP on every process (NCCL on GPUs, gloo on
+CPUs); ``--out`` is then required so that all processes agree on the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# First-class flags: (flag, config key, type, help)
+_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--model", "model", str, "model name (sknet info --list)"),
+    ("--epochs", "epochs", int, "number of epochs"),
+    ("--batch-size", "batch_size", int, "global batch size (all processes x accumulation)"),
+    ("--lr", "lr", float, "learning rate at lr_reference_batch (linear scaling)"),
+    ("--data", "data", str, "synthetic | cifar10 | cifar100 | imagefolder"),
+    ("--data-dir", "data_dir", str, "folder of real data (never downloaded)"),
+    ("--image-size", "image_size", int, "training resolution (0: the data's default)"),
+    ("--num-samples", "num_samples", int, "synthetic training images"),
+    ("--seed", "seed", int, "random seed"),
+    ("--workers", "workers", int, "DataLoader worker processes"),
+    ("--threads", "threads", int, "torch CPU threads (0: torch's default)"),
+    ("--amp", "amp", str, "autocast precision: none | bf16 | fp16 (CUDA)"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--grad-accum", "grad_accum", int, "gradient accumulation micro-batches per step"),
+    ("--checkpoint-every", "checkpoint_every", int, "optimizer steps between checkpoints"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the built-in CPU demo on synthetic data)",
+        description=(
+            "Train an SKNet-family model from a named preset (demo, cifar, imagenet, "
+            "imagenet-light) or your own TOML config, writing a run directory with the "
+            "resolved config, metrics.csv, TensorBoard events, checkpoints, final weights "
+            "(model.safetensors) and summary.json. Without arguments it trains the demo."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sknet train --out runs/demo\n"
+            "  sknet train --preset cifar --data cifar10 --data-dir ~/data --out runs/c10\n"
+            "  sknet train --print-preset imagenet > my.toml; sknet train --config my.toml\n"
+            "  sknet train --set epochs=3 --set model_overrides.sk_aggregation=sum\n"
+            "  sknet train --resume runs/demo\n"
+            "  torchrun --nproc-per-node 8 -m sknet.cli.main train --preset imagenet "
+            "--data-dir /data/imagenet --out runs/sk50"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, help="named preset (default: demo)")
+    src.add_argument("--config", default=None, metavar="FILE.toml", help="your own TOML config")
+    src.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run"
+    )
+    for flag, key, typ, help_ in _FLAGS:
+        p.add_argument(
+            flag, dest=f"cfg_{key}", type=typ, default=None, metavar=key.upper(), help=help_
+        )
+    for flag, key, help_ in (
+        ("channels-last", "channels_last", "channels_last memory format"),
+        ("sync-bn", "sync_bn", "SyncBatchNorm across processes (CUDA)"),
+        ("deterministic", "deterministic", "deterministic algorithms (bit-exact resume)"),
+        ("tensorboard", "tensorboard", "write TensorBoard events"),
+    ):
+        p.add_argument(
+            f"--{flag}", dest=f"cfg_{key}", action=argparse.BooleanOptionalAction, default=None,
+            help=help_,
+        )  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key (TOML value), e.g. --set lr_milestones=[150,225]",
+    )
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory to create")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument(
+        "--print-preset", default=None, metavar="NAME", help="print a preset's TOML and exit"
+    )
+    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from sknet.train import parse_set_options
+
+    out: dict[str, Any] = {}
+    for _flag, key, _typ, _help in _FLAGS:
+        v = getattr(args, f"cfg_{key}")
+        if v is not None:
+            out[key] = v
+    for key in ("channels_last", "sync_bn", "deterministic", "tensorboard"):
+        v = getattr(args, f"cfg_{key}")
+        if v is not None:
+            out[key] = v
+    out.update(parse_set_options(args.sets))
+    return out
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (survives redirection)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("sknet")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    rank = int(os.environ.get("RANK", "0") or 0)
+    handler = _StderrHandler()
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sknet.train import (
+        RESUME_MUTABLE_KEYS,
+        list_presets,
+        load_config_file,
+        load_preset,
+        preset_path,
+        train,
+    )
+
+    if args.list_presets:
+        for name in list_presets():
+            cfg = load_preset(name)
+            print(f"{name:<16} {cfg.description}")
+        return 0
+    if args.print_preset:
+        print(preset_path(args.print_preset).read_text(encoding="utf-8"), end="")
+        return 0
+
+    overrides = _overrides(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ValueError("--resume continues RUN_DIR in place; do not pass a different --out")
+        fixed = sorted(k for k in overrides if k.split(".")[0] not in RESUME_MUTABLE_KEYS)
+        if fixed:
+            raise ValueError(
+                f"cannot change {', '.join(fixed)} when resuming; only "
+                f"{', '.join(sorted(RESUME_MUTABLE_KEYS))} may change"
+            )
+        cfg_file = run_dir / "config.toml"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(
+                f"cannot resume: {run_dir} is not a run directory (no config.toml)"
+            )
+        cfg = load_config_file(cfg_file, **overrides)
+    elif args.config:
+        cfg = load_config_file(args.config, **overrides)
+    else:
+        cfg = load_preset(args.preset or "demo", **overrides)
+
+    if args.show_config:
+        print(cfg.to_toml(), end="")
+        return 0
+
+    if args.resume:
+        run_dir = Path(args.resume)
+    elif args.out:
+        run_dir = Path(args.out)
+    else:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ValueError("pass --out RUN_DIR when running under torchrun")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{cfg.preset or 'custom'}-{cfg.model}-{stamp}"
+
+    _setup_logging()
+    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(
+            f"{summary['model']} on {summary['data']}: val top-1 err {summary['top1_err']:.2f}% "
+            f"(accuracy {summary['val_acc']:.2f}%), top-5 err {summary['top5_err']:.2f}%, "
+            f"{summary['epochs_done']} epochs in {summary['seconds']:.0f}s"
+        )
+        if summary["bad_images"]:
+            print(f"skipped {summary['bad_images']} unreadable image(s); see {run_dir}/train.log")
+        print(f"run directory: {summary['run_dir']}  (evaluate: sknet eval {summary['run_dir']})")
+    return 0

@@ -1,0 +1,62 @@
+"""Training and evaluation of SKNet-family models (plain PyTorch; DDP under ``torchrun``).
+
+>>> from sknet.train import load_preset, train, load_model, evaluate
+>>> cfg = load_preset("demo", epochs=1, num_samples=512)
+>>> summary = train(cfg, run_dir="runs/quick")            # doctest: +SKIP
+>>> model, info = load_model("runs/quick")                # doctest: +SKIP
+
+Presets (``sknet/presets/*.toml``, see :func:`list_presets`): ``demo`` (the default of
+``sknet train``: a small SK model on built-in synthetic data, minutes on a CPU), ``cifar``,
+``imagenet`` and ``imagenet-light`` (the paper's recipes).
+"""
+
+from sknet.train.checkpoint import load_checkpoint, save_checkpoint
+from sknet.train.config import (
+    AMP_MODES,
+    DATA_NAMES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    apply_overrides,
+    list_presets,
+    load_config_file,
+    load_preset,
+    parse_set_options,
+    preset_path,
+)
+from sknet.train.distributed import DistInfo, setup_distributed
+from sknet.train.evaluate import default_eval_sizes, evaluate, evaluate_source, load_model
+from sknet.train.trainer import (
+    RESUME_MUTABLE_KEYS,
+    NonFiniteLossError,
+    learning_rate,
+    train,
+    weights_digest,
+)
+
+__all__ = [
+    "AMP_MODES",
+    "DATA_NAMES",
+    "OPTIMIZERS",
+    "RESUME_MUTABLE_KEYS",
+    "SCHEDULES",
+    "DistInfo",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "apply_overrides",
+    "default_eval_sizes",
+    "evaluate",
+    "evaluate_source",
+    "learning_rate",
+    "list_presets",
+    "load_checkpoint",
+    "load_config_file",
+    "load_model",
+    "load_preset",
+    "parse_set_options",
+    "preset_path",
+    "save_checkpoint",
+    "setup_distributed",
+    "train",
+    "weights_digest",
+]

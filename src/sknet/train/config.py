@@ -1,0 +1,530 @@
+"""Training configuration: the :class:`TrainConfig` dataclass, named presets and overrides.
+
+A preset is a plain TOML file (``src/sknet/presets/<name>.toml``) of ``TrainConfig`` fields plus
+an optional ``[model_overrides]`` table. Users copy one, edit it and pass it with
+``sknet train --config FILE.toml``; any field can also be overridden on the command line
+(``--set epochs=3``) or in Python (``load_preset("demo", epochs=3)``). Unknown keys are errors
+that name the key and suggest the closest valid one.
+
+Batch semantics: ``batch_size`` is the *global* batch of one optimizer step, summed over all
+processes and gradient-accumulation micro-batches (the paper's "batch 256" is a global batch).
+Each process runs micro-batches of ``batch_size // (world_size * grad_accum)`` images.
+``lr`` is the learning rate at a global batch of ``lr_reference_batch``; the learning rate used is
+``lr * batch_size / lr_reference_batch`` (linear scaling rule, Goyal et al. 2017); a reference of
+0 turns scaling off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "AMP_MODES",
+    "DATA_NAMES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TrainConfig",
+    "apply_overrides",
+    "list_presets",
+    "load_config_file",
+    "load_preset",
+    "parse_set_options",
+    "preset_path",
+]
+
+#: ``schedule`` values. ``step``: divide by ``1 / lr_gamma`` every ``lr_step`` epochs;
+#: ``multistep``: at each epoch of ``lr_milestones``; ``cosine``: half-cosine to ``min_lr``;
+#: ``constant``. All follow an optional linear warm-up of ``warmup_epochs``.
+SCHEDULES: tuple[str, ...] = ("step", "multistep", "cosine", "constant")
+#: ``optimizer`` values: SGD with (Nesterov) momentum, or AdamW (decoupled weight decay).
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+#: ``amp`` values (autocast precision).
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+#: ``data`` values.
+DATA_NAMES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "imagefolder")
+#: ``device`` values (``cuda:N`` is accepted too).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``config.toml`` in the run directory).
+
+    Model:
+        model: registry name (``sknet.list_models()``).
+        model_overrides: fields of the model family's config (e.g. ``{"sk_aggregation": "sum"}``).
+        num_classes: classifier width; 0 takes the dataset's number of classes.
+    Data:
+        data: ``synthetic`` (built in, generated on the fly), ``cifar10``, ``cifar100`` or
+            ``imagefolder`` (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``).
+        data_dir: folder of real data (never downloaded).
+        image_size: training resolution; 0 picks the default (synthetic: the model's native
+            size, CIFAR: 32, imagefolder: 224).
+        num_samples, val_samples: sizes of the synthetic train and val splits.
+        scale_range: synthetic object sizes (fraction of the canvas, log-uniform).
+        crop_scale: ``RandomResizedCrop`` area range (imagefolder).
+        max_bad: unreadable images tolerated (imagefolder) before the run stops.
+        cache_data: keep rendered synthetic images in memory (rendered once, not every epoch).
+    Optimisation (SGD with momentum as in the paper; ``optimizer="adamw"`` for quick demos):
+        optimizer (:data:`OPTIMIZERS`; momentum/nesterov apply to SGD only, AdamW's weight decay
+        is decoupled), epochs, batch_size (global), lr, lr_reference_batch, momentum, nesterov,
+        weight_decay,
+        label_smoothing, schedule (:data:`SCHEDULES`), lr_step, lr_milestones, lr_gamma,
+        warmup_epochs, min_lr.
+    Engine:
+        seed, device (``auto``/``cpu``/``cuda``), workers (DataLoader processes), threads (torch
+        intra-op threads; 0 leaves the default), amp (:data:`AMP_MODES`), channels_last, sync_bn,
+        grad_accum, deterministic (deterministic algorithms; bit-exact resume on CPU).
+    Bookkeeping:
+        log_every (steps between progress/metric updates), checkpoint_every (optimizer steps
+        between mid-epoch checkpoints; 0: at epoch ends only), eval_every (epochs),
+        eval_batch_size (per process; 0: twice the micro-batch), tensorboard, rank_summaries
+        (each rank writes ``ranks/rank<R>.json`` with its metrics and a weights digest).
+    """
+
+    # model
+    model: str = "sknet_tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 0
+    # data
+    data: str = "synthetic"
+    data_dir: str = ""
+    image_size: int = 0
+    num_samples: int = 10000
+    val_samples: int = 2000
+    scale_range: tuple[float, float] = (0.15, 0.9)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    max_bad: int = 50
+    cache_data: bool = True
+    # optimisation
+    optimizer: str = "sgd"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    lr_reference_batch: int = 0
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    lr_step: int = 30
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    # engine
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    threads: int = 0
+    amp: str = "none"
+    channels_last: bool = False
+    sync_bn: bool = False
+    grad_accum: int = 1
+    deterministic: bool = False
+    # bookkeeping
+    log_every: int = 20
+    checkpoint_every: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 0
+    tensorboard: bool = True
+    rank_summaries: bool = False
+    # provenance (informational)
+    preset: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS()[f.name]))
+        self.model_overrides = dict(self.model_overrides)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        from sknet.models import get_entry
+
+        get_entry(self.model)  # unknown model -> ValueError with suggestions
+        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        need(
+            self.data in DATA_NAMES,
+            f"data must be one of {', '.join(DATA_NAMES)}, got {self.data!r}",
+        )
+        need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
+        need(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        need(self.val_samples >= 1, f"val_samples must be >= 1, got {self.val_samples}")
+        lo, hi = self.scale_range
+        need(0 < lo <= hi, f"scale_range must satisfy 0 < min <= max, got {list(self.scale_range)}")
+        lo, hi = self.crop_scale
+        need(
+            0 < lo <= hi <= 1,
+            f"crop_scale must satisfy 0 < min <= max <= 1, got {list(self.crop_scale)}",
+        )
+        need(self.max_bad >= 0, f"max_bad must be >= 0, got {self.max_bad}")
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        need(
+            self.lr_reference_batch >= 0,
+            f"lr_reference_batch must be >= 0, got {self.lr_reference_batch}",
+        )
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(
+            not self.nesterov or self.momentum > 0 or self.optimizer != "sgd",
+            "nesterov needs momentum > 0 (set momentum)",
+        )
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(
+            0 <= self.label_smoothing < 1,
+            f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+        )
+        need(
+            self.schedule in SCHEDULES,
+            f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        need(self.lr_step >= 1, f"lr_step must be >= 1 epoch, got {self.lr_step}")
+        ms = list(self.lr_milestones)
+        need(
+            all(m >= 1 for m in ms) and ms == sorted(set(ms)),
+            f"lr_milestones must be increasing positive epochs, got {ms}",
+        )
+        need(
+            self.schedule != "multistep" or bool(ms),
+            "schedule='multistep' needs lr_milestones (e.g. [150, 225])",
+        )
+        need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        need(
+            0 <= self.warmup_epochs < self.epochs,
+            f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
+        )
+        need(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(
+            self.device in DEVICES or self.device.startswith("cuda:"),
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        need(
+            self.amp in AMP_MODES,
+            f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}",
+        )
+        need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(
+            self.checkpoint_every >= 0,
+            f"checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}",
+        )
+        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {self.eval_batch_size}")
+        if not isinstance(self.model_overrides, dict):  # pragma: no cover - coerced above
+            raise ValueError("model_overrides must be a table of model config fields")
+
+    # ------------------------------------------------------------------ derived values
+
+    def resolved_image_size(self) -> int:
+        """``image_size``, or the default for the data (synthetic: the model's native size)."""
+        if self.image_size:
+            return self.image_size
+        if self.data == "synthetic":
+            from sknet.models import get_entry
+
+            return get_entry(self.model).input_size
+        return 32 if self.data.startswith("cifar") else 224
+
+    def effective_lr(self) -> float:
+        """The peak learning rate used: ``lr`` scaled linearly by the global batch."""
+        if self.lr_reference_batch <= 0:
+            return self.lr
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images per process and forward pass; raises if the global batch does not divide."""
+        parts = world_size * self.grad_accum
+        if self.batch_size % parts:
+            raise ValueError(
+                f"batch_size={self.batch_size} (global) is not divisible by world_size "
+                f"({world_size}) x grad_accum ({self.grad_accum}) = {parts}"
+            )
+        mb = self.batch_size // parts
+        if mb < 2:
+            raise ValueError(
+                f"batch_size={self.batch_size} gives {mb} image(s) per process and micro-batch; "
+                "BatchNorm and SK attention need at least 2 (raise batch_size or lower "
+                "grad_accum / the number of processes)"
+            )
+        return mb
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-friendly dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from a dict of fields; unknown keys raise ``ValueError`` naming them."""
+        return apply_overrides(cls(), values, source=source)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated; unknown keys raise ``ValueError``)."""
+        return apply_overrides(self, changes, source="replace")
+
+    def to_toml(self) -> str:
+        """The config as TOML text (round-trips through :func:`load_config_file`)."""
+        d = self.to_dict()
+        overrides = d.pop("model_overrides")
+        lines = ["# sknet training config (resolved)"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+        lines += ["", "[model_overrides]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in overrides.items()]
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: types, coercion, TOML
+# ---------------------------------------------------------------------------------------------
+
+_HINT_CACHE: dict[str, Any] = {}
+
+
+def _HINTS() -> dict[str, Any]:
+    if not _HINT_CACHE:
+        _HINT_CACHE.update(typing.get_type_hints(TrainConfig))
+    return _HINT_CACHE
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if hasattr(v, "describe"):  # BranchSpec
+        return v.describe()
+    return v
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field type ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    bad = ValueError(
+        f"config key {name!r}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+    )
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if name == "data_dir" and isinstance(value, Path):
+            return str(value)
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"config key {name!r}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such field yet
+        return value
+    return value
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if v is None:
+        raise ValueError("TOML has no null: use a concrete value")
+    return json.dumps(str(v))
+
+
+def _unknown_key_error(keys: list[str], source: str) -> ValueError:
+    names = _field_names()
+    hints = []
+    for k in keys:
+        close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ValueError(
+        f"{source}: unknown config key {', '.join(hints)}; valid keys: {', '.join(names)}"
+    )
+
+
+def apply_overrides(
+    config: TrainConfig, overrides: dict[str, Any], *, source: str = "override"
+) -> TrainConfig:
+    """A validated copy of ``config`` with ``overrides`` applied.
+
+    Keys are field names; ``model_overrides`` given as a dict *replaces* the table, while
+    dotted keys ``"model_overrides.<field>"`` set a single entry. Unknown keys raise
+    ``ValueError`` naming them with the closest valid key.
+    """
+    names = set(_field_names())
+    plain: dict[str, Any] = {}
+    model_over = dict(config.model_overrides)
+    unknown: list[str] = []
+    for key, value in overrides.items():
+        if key.startswith("model_overrides."):
+            model_over[key.split(".", 1)[1]] = value
+        elif key == "model_overrides":
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: model_overrides must be a table/dict, got {value!r}")
+            model_over = dict(value)
+        elif key in names:
+            plain[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise _unknown_key_error(unknown, source)
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values.update(plain)
+    values["model_overrides"] = model_over
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# presets and config files
+# ---------------------------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``sknet/presets``."""
+    root = resources.files("sknet").joinpath("presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name: str) -> Any:
+    """The packaged TOML file of preset ``name`` (a ``Traversable``)."""
+    names = list_presets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(f"unknown preset {name!r}{hint} (presets: {', '.join(names)})")
+    return resources.files("sknet").joinpath("presets", f"{name}.toml")
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{source} is not valid TOML: {exc}") from None
+
+
+def load_config_file(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Load a user TOML config (e.g. a copied preset), then apply ``overrides``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    values = _parse_toml(path.read_text(encoding="utf-8"), str(path))
+    cfg = TrainConfig.from_dict(values, source=str(path))
+    return apply_overrides(cfg, overrides, source="override") if overrides else cfg
+
+
+def load_preset(name: str = "demo", **overrides: Any) -> TrainConfig:
+    """A preset by name (``demo``, ``cifar``, ``imagenet``, ``imagenet-light``) or TOML path.
+
+    Keyword arguments override fields, e.g. ``load_preset("demo", epochs=1, num_samples=512,
+    model_overrides={"sk_aggregation": "sum"})``. Unknown keys raise ``ValueError``.
+    """
+    if name.endswith(".toml") or "/" in name or "\\" in name:
+        return load_config_file(name, **overrides)
+    text = preset_path(name).read_text(encoding="utf-8")
+    values = _parse_toml(text, f"preset {name!r}")
+    values.setdefault("preset", name)
+    cfg = TrainConfig.from_dict(values, source=f"preset {name!r}")
+    return apply_overrides(cfg, overrides, source="override") if overrides else cfg
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``--set key=value`` strings; values are TOML literals, else plain strings.
+
+    ``--set epochs=3``, ``--set lr=0.05``, ``--set lr_milestones=[150,225]``,
+    ``--set amp=bf16``, ``--set model_overrides.sk_branches='["3x3","3x3 D2"]'``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        raw = raw.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: a string (e.g. amp=bf16, data_dir=/data/x)
+        if _HINTS().get(key) is str and not isinstance(value, str):
+            value = raw  # a text field given digits, e.g. data_dir=2024
+        out[key] = value
+    return out
