@@ -1,0 +1,151 @@
+"""``sknet ablate``: train the rows of one of the paper's ablations and tabulate them.
+
+Every row is trained with the same preset, settings (``--set``) and seeds; the sweep folder holds
+``runs/<row>/seed<k>/`` and ``table.{md,json,png,svg}``. Repeating the command reuses finished
+runs and resumes an interrupted one. See :mod:`sknet.analysis.ablate` for the row definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="train the rows of one of the paper's ablations (table6, table7, attention, "
+        "baselines) and write a table",
+        description=(
+            "Train every row of an ablation with the same preset, settings and seeds, then write "
+            "DIR/table.md, table.json and a plot (top-1 error mean and std over seeds, params, "
+            "MACs). Finished runs in DIR are reused when the command is repeated; an interrupted "
+            "run resumes from its last checkpoint. Demo scale: '--preset demo' (base sknet_tiny, "
+            "built-in data, CPU). The paper's setting: '--preset imagenet --data imagefolder "
+            "--data-dir DIR' (base sknet50)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sknet ablate --list                      # the experiments\n"
+            "  sknet ablate table7 --list               # its rows, params and MACs\n"
+            "  sknet ablate table7 --out runs/table7 --seeds 0 1 --jobs 2 \\\n"
+            "      --set epochs=4 --set warmup_epochs=1 --set lr=0.1 --set threads=1\n"
+            "  sknet ablate baselines --preset imagenet --data imagefolder \\\n"
+            "      --data-dir /data/imagenet --out runs/table2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        metavar="EXPERIMENT",
+        help="table6 | table7 | attention | baselines",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="sweep folder (required to train)")
+    p.add_argument("--preset", default="demo", help="training preset or TOML file (default demo)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="BASE",
+        help="base model of the rows (default: the preset's model: sknet_tiny for demo, "
+        "sknet50 for imagenet, sknet29 for cifar)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="S",
+        help="training seeds; one run per row and seed (default 0)",
+    )
+    p.add_argument("--data", default=None, help="dataset, as in 'sknet train' (default: preset's)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="root folder of real data")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training setting for every row, as in 'sknet train' (repeatable), "
+        "e.g. --set epochs=3 --set num_samples=4000",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the experiments (or, with EXPERIMENT, its rows with params and MACs) and exit",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs trained at the same time, each in its own process (default 1); a run "
+        "without --set threads=K then gets cores/N threads",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-run progress from the trainer")
+    p.set_defaults(func=run)
+
+
+def _list(args: argparse.Namespace) -> int:
+    import sknet
+    from sknet.analysis.ablate import EXPERIMENTS, experiment_rows
+    from sknet.models import create_model
+    from sknet.train import load_preset
+
+    if not args.experiment:
+        for e in EXPERIMENTS.values():
+            print(f"{e.name:<10} {e.title}")
+        return 0
+    base = args.model or load_preset(args.preset).model
+
+    print(f"{args.experiment} on base {base}:")
+    for row in experiment_rows(args.experiment, base):
+        model = create_model(row.model, **row.overrides)
+        c = sknet.complexity(model)
+        print(
+            f"  {row.name:<16} {row.model:<16} {c.params / 1e6:8.3f}M params "
+            f"{c.macs / 1e6:9.2f}M MACs  {row.description}"
+        )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from sknet.analysis.ablate import get_experiment, run_ablation
+    from sknet.train import parse_set_options
+
+    if args.experiment is not None:
+        get_experiment(args.experiment)  # unknown name -> clear error
+    if args.list:
+        return _list(args)
+    if not args.experiment:
+        raise ValueError("name an experiment: table6, table7, attention or baselines (--list)")
+    if args.out is None:
+        raise ValueError("--out DIR is required (the sweep folder)")
+    settings = parse_set_options(args.sets)
+    if args.data is not None:
+        settings["data"] = args.data
+    if args.data_dir is not None:
+        settings["data_dir"] = args.data_dir
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    doc = run_ablation(
+        args.experiment,
+        args.out,
+        preset=args.preset,
+        base_model=args.model,
+        seeds=args.seeds,
+        settings=settings,
+        log=log,
+        progress=not args.quiet and args.jobs == 1,
+        jobs=args.jobs,
+    )
+    print((args.out / "table.md").read_text(encoding="utf-8"))
+    done = sum(len(r["top1_errs"]) for r in doc["rows"])
+    print(
+        f"{done} run(s) in {args.out}; table: {args.out / 'table.md'}, "
+        f"{args.out / 'table.json'}, {args.out / 'table.png'}"
+    )
+    return 0

@@ -1,0 +1,235 @@
+"""``sknet analyze``: the paper's object-scale attention analysis (Figs. 3-4) for a trained model.
+
+Writes ``attention.json``, ``fig3_channel_attention``, ``fig3_depth`` and ``fig4_classes`` (PNG
+and SVG) and ``report.md`` into ``--out``. See :mod:`sknet.analysis.attention` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_DATA_CHOICES = ("synthetic", "imagefolder", "cifar10", "cifar100")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="attention vs object size (the paper's Figs. 3-4): JSON, plots and a report",
+        description=(
+            "Probe a model with its validation images at several object zooms, record the SK "
+            "attention of every unit during the ordinary forward pass (eval mode, batched) and "
+            "write attention.json, the paper's Fig. 3 / Fig. 4 plots (PNG and SVG) and "
+            "report.md. Built-in data: objects are re-rendered at each zoom, and by default only "
+            "objects that stay inside the training scale range at every zoom are used. Photos "
+            "(ImageFolder val split): centre crop and resize."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sknet analyze runs/demo --out runs/demo/analysis\n"
+            "  sknet analyze sknet50.safetensors --data imagefolder --data-dir /data/imagenet \\\n"
+            "      --num-images 1000 --out analysis/sknet50"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="run directory, .pt checkpoint or .safetensors weights (e.g. from "
+        "'sknet convert --from timm')",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--data",
+        choices=_DATA_CHOICES,
+        default=None,
+        help="dataset (default: the one the run was trained on, else synthetic)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="root of real data (imagefolder: DIR/val/<class>/<image>)",
+    )
+    p.add_argument("--split", default="val", help="split to probe (default val)")
+    p.add_argument(
+        "--zooms",
+        type=float,
+        nargs="+",
+        default=[1.0, 1.5, 2.0],
+        metavar="Z",
+        help="object enlargement factors, ascending; the first is the reference (default 1 1.5 2)",
+    )
+    p.add_argument(
+        "--num-images", type=int, default=1000, metavar="N", help="images to probe (default 1000)"
+    )
+    p.add_argument(
+        "--select",
+        choices=("in-range", "all"),
+        default="in-range",
+        help="built-in data: 'in-range' keeps objects whose zoomed size stays inside "
+        "the training scale range (default); 'all' keeps every object",
+    )
+    p.add_argument(
+        "--train-scales",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="built-in data: object-size range the model was trained on (default: "
+        "from the run, else 0.15 0.9)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="built-in data: data seed (default: the run's)"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the run's)")
+    p.add_argument(
+        "--units",
+        nargs="+",
+        default=None,
+        metavar="UNIT",
+        help="units for the per-channel plot (default: one early, one middle, the "
+        "last, e.g. SK_2_3 SK_3_4 SK_5_3)",
+    )
+    p.add_argument(
+        "--class-units",
+        nargs="+",
+        default=None,
+        metavar="UNIT",
+        help="units for the per-class plot (Fig. 4; same default)",
+    )
+    p.add_argument(
+        "--channel-bin",
+        type=int,
+        default=None,
+        metavar="K",
+        help="channels per group in the per-channel plot (default: at most 64 groups)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the run's 'threads' setting, else torch's choice)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def _load(source: str) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode, info) from a run dir, checkpoint or safetensors file."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no run directory, checkpoint or weights file at {source}")
+    from sknet.train import load_model
+
+    model, info = load_model(path)
+    return model.eval(), dict(info or {})
+
+
+def _get(info: dict[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` set in ``info`` or in the run's config (``info["config"]``)."""
+    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    for k in keys:
+        for where in (info, cfg):
+            v = where.get(k)
+            if v is not None and v != "" and not isinstance(v, dict):
+                return v
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sknet.analysis import build_views, run_analysis
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    model, info = _load(args.source)
+    # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's.
+    threads = args.threads or _get(info, "threads") or None
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    run_data = _get(info, "data")
+    data = args.data or run_data or "synthetic"
+    if data != run_data:
+        # Probing on other data than the run's: its statistics and sizes do not apply.
+        info = {k: v for k, v in info.items() if k in ("model", "source")}
+    data_dir = args.data_dir or _get(info, "data_dir")
+    image_size = args.image_size or _get(info, "image_size")
+    if data == "synthetic" and image_size is None:
+        image_size = getattr(model, "default_input_size", 48)
+    scales = args.train_scales or _get(info, "scale_range") or (0.15, 0.9)
+    seed = args.seed if args.seed is not None else (_get(info, "seed") or 0)
+    mean = _get(info, "mean")
+    std = _get(info, "std")
+
+    views = build_views(
+        data,
+        zooms=args.zooms,
+        num_images=args.num_images,
+        data_dir=data_dir,
+        split=args.split,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        seed=int(seed),
+        train_scale_range=(float(scales[0]), float(scales[1])),
+        selection=args.select,
+    )
+    total = len(views.dataset)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, n: int) -> None:
+        now = time.perf_counter()
+        if args.quiet or (now - last[0] < 2.0 and done < n):
+            return
+        last[0] = now
+        print(
+            f"\r  {done}/{n} images x {len(views.zooms)} zooms ({now - t0:.0f}s)",
+            end="" if done < n else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    name = info.get("model") or getattr(model, "model_name", type(model).__name__)
+    if not args.quiet:
+        print(
+            f"analysing {name} on {total} images ({views.description}), zooms "
+            f"{', '.join(f'{z:g}' for z in views.zooms)}",
+            file=sys.stderr,
+        )
+    result, files = run_analysis(
+        model,
+        views,
+        args.out,
+        meta={"source": str(args.source), "model": str(name)},
+        channel_units=args.units,
+        class_units=args.class_units,
+        bin_size=args.channel_bin,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        progress=progress,
+    )
+    acc = result.accuracy()
+    print(
+        f"{result.num_images} images in {result.meta.get('seconds', 0):.1f}s; top-1 accuracy "
+        + ", ".join(f"{k}x {100 * v:.1f}%" for k, v in acc.items())
+    )
+    for u in result.units:
+        diffs = " ".join(f"{v:+.4f}" for v in result.mean_diff(u))
+        print(f"  {u:<8} mean attention difference {diffs}  ({result.trend(u)})")
+    print(f"wrote {len(files)} files to {args.out} (report.md, attention.json, plots)")
+    return 0
