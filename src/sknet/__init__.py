@@ -6,6 +6,7 @@
 """
 
 from sknet.complexity import Complexity, complexity
+from sknet.deploy import deploy
 from sknet.layers import BranchSpec, SEModule, SKConv
 from sknet.models import (
     SKNetModel,
@@ -30,6 +31,7 @@ __all__ = [
     "capture_attention",
     "complexity",
     "create_model",
+    "deploy",
     "get_entry",
     "list_models",
     "sk_units",

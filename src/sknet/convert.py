@@ -99,9 +99,7 @@ def from_timm(
     return out
 
 
-def load_timm(
-    state_dict: Mapping[str, torch.Tensor], name: str | None = None
-) -> SKNetModel:
+def load_timm(state_dict: Mapping[str, torch.Tensor], name: str | None = None) -> SKNetModel:
     """Build the sknet model for a timm state dict and load it (eval mode)."""
     name = name or guess_timm_model(state_dict)
     mapped = from_timm(state_dict, name)

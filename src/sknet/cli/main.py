@@ -16,7 +16,16 @@ import sys
 from collections.abc import Sequence
 
 # The sub-command modules, in the order `sknet --help` lists them.
-COMMANDS: tuple[str, ...] = ("info", "convert", "train", "eval", "analyze", "ablate")
+COMMANDS: tuple[str, ...] = (
+    "info",
+    "convert",
+    "train",
+    "eval",
+    "analyze",
+    "ablate",
+    "bench",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

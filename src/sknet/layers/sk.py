@@ -41,9 +41,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BranchSpec", "SKAttention", "SKConv", "resolve_branches"]
+__all__ = [
+    "BranchSpec",
+    "SKAttention",
+    "SKConv",
+    "resolve_branches",
+    "strided_dilation_shortcut",
+]
 
 _SPEC_RE = re.compile(r"(\d+)\s*x\s*(\d+)(?:\s*[Dd]\s*(\d+))?(?:\s*[Gg]\s*(\d+))?")
 
@@ -291,27 +298,85 @@ class SKConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         feats = self.branch_outputs(x)  # M x (N, C, H', W')
-        u = feats[0]
-        for f in feats[1:]:
-            u = u + f
+        return self._fuse_select(feats)
+
+    def _fuse_select(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Fuse and Select on the branch outputs (shared by the eager and the deployed paths).
+
+        Computes exactly the formulas of the module docstring, arranged to touch the large
+        (N, C, H, W) tensors as few times as possible: ``GAP(sum_m U_m)`` is taken as
+        ``sum_m GAP(U_m)`` (no full-size sum is formed), and for M = 2 the selection
+        ``a_0 U_0 + a_1 U_1`` with ``a_1 = 1 - a_0`` is one ``lerp`` pass. Where autograd does not
+        need the branch outputs (inference, ``no_grad``) the result is written into the last
+        branch output instead of a new tensor.
+        """
+        inplace = not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
         if self.attn is None:
+            u = feats[0]
+            for f in feats[1:]:
+                u = u.add_(f) if inplace else u + f
             return u
-        s = u.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
-        a = self.attn(s)  # (N, M, C') with C' in {C, 1}
+        # GAP(U) = sum_m GAP(U_m): (N, C, 1, 1). Sums, divided once on the small result: the
+        # backward of a sum is a broadcast view where a mean's would write a full-size tensor.
+        # fp16 sums are kept in fp32 until divided (a sum can exceed fp16's range where the
+        # mean does not); bf16 has fp32's range, and its sum, like its mean, accumulates in fp32.
+        dtype = feats[0].dtype
+        acc = torch.float32 if dtype == torch.float16 else None
+        s = feats[0].sum(dim=(2, 3), keepdim=True, dtype=acc)
+        for f in feats[1:]:
+            s = s + f.sum(dim=(2, 3), keepdim=True, dtype=acc)
+        s = (s * (1.0 / (feats[0].shape[2] * feats[0].shape[3]))).to(dtype)
+        a = self.attn(s)  # (N, M, C') with C' in {C, 1}, soft-maxed over M
         if self.record_attention:
             self.last_attention = a.detach().expand(-1, -1, self.out_channels)
-        a = a.unsqueeze(-1).unsqueeze(-1)  # (N, M, C', 1, 1)
+        # Under autocast the attention comes out in fp32: select in the branches' dtype.
+        a = a.to(dtype).unsqueeze(-1).unsqueeze(-1)  # (N, M, C', 1, 1)
         if len(feats) == 2:
-            # a0 + a1 = 1, so V = U_1 + a0 (U_0 - U_1): one product instead of two.
-            return torch.addcmul(feats[1], a[:, 0], feats[0] - feats[1])
-        out = feats[0] * a[:, 0]
+            # a0 + a1 = 1, so V = U_1 + a0 (U_0 - U_1) = lerp(U_1, U_0, a0): one pass.
+            if inplace:
+                return feats[1].lerp_(feats[0], a[:, 0])
+            return torch.lerp(feats[1], feats[0], a[:, 0])
+        out = feats[0].mul_(a[:, 0]) if inplace else feats[0] * a[:, 0]
         for i in range(1, len(feats)):
-            out = torch.addcmul(out, feats[i], a[:, i])
+            out = (
+                out.addcmul_(feats[i], a[:, i])
+                if inplace
+                else torch.addcmul(out, feats[i], a[:, i])
+            )
         return out
 
 
+def strided_dilation_shortcut(
+    stride: int | Sequence[int], dilation: int | Sequence[int], padding: int | Sequence[int]
+) -> tuple[int, int, int] | None:
+    """``(s, dilation / s, padding / s)`` where a strided dilated convolution can run on
+    ``x[..., ::s, ::s]`` with stride 1 instead, or None.
+
+    With ``dilation`` and ``padding`` both multiples of ``stride = s``, every tap of a
+    ``stride s, dilation d, padding p`` convolution reads input rows (and columns)
+    ``s*y - p + d*k``, all multiples of s: the same sums as a stride-1 convolution with
+    dilation ``d/s`` and padding ``p/s`` over the subsampled input, with the same output size,
+    bit for bit. (SKNet's stride-2 "5x5" branch, 3x3 with dilation 2, becomes a plain 3x3 on
+    the even pixels.) oneDNN runs the plain form about twice as fast in training (forward and
+    backward, channels_last); the multiply-adds are the same.
+    """
+
+    def pair(v: int | Sequence[int]) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+    (sh, sw), (dh, dw), (ph, pw) = pair(stride), pair(dilation), pair(padding)
+    if sh != sw or dh != dw or ph != pw or sh < 2 or dh % sh or ph % sh:
+        return None
+    return sh, dh // sh, ph // sh
+
+
 class _Branch(nn.Module):
-    """conv -> BN -> ReLU (or a plain conv when ``norm`` is False)."""
+    """conv -> BN -> ReLU (or a plain conv when ``norm`` is False).
+
+    A strided dilated convolution runs in its equivalent stride-1 form on the subsampled input
+    (see :func:`strided_dilation_shortcut`); ``conv`` keeps its declared stride and dilation,
+    and is called as declared whenever hooks are registered on it.
+    """
 
     def __init__(
         self, cin: int, cout: int, spec: BranchSpec, groups: int, stride: int, norm: bool
@@ -330,6 +395,15 @@ class _Branch(nn.Module):
         )
         self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True) if norm else nn.Identity()
+        self._shortcut = strided_dilation_shortcut(stride, spec.dilation, pad)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        shortcut = getattr(self, "_shortcut", None)  # absent in modules pickled before it
+        if shortcut is None or c._forward_hooks or c._forward_pre_hooks:
+            return c(x)  # hooks on the convolution (pruning, feature taps) see its real call
+        s, d, p = shortcut
+        return F.conv2d(x[:, :, ::s, ::s], c.weight, c.bias, 1, p, d, c.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.act(self.bn(self._conv(x)))

@@ -1,0 +1,54 @@
+"""``sknet export SOURCE --format onnx|pt2 --out FILE``: ONNX or torch.export, dynamic batch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or a torch.export archive (.pt2), batch axis dynamic",
+        description="Export SOURCE (a model name for a randomly initialised model, a .safetensors "
+        "weights file, a checkpoint or a run directory) with BatchNorm folded (sknet.deploy). "
+        "The written file is loaded back and compared with PyTorch at batch sizes 1 and 3.",
+    )
+    p.add_argument("source", help="model name, weights file (.safetensors), checkpoint or run dir")
+    p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --out")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL.FORMAT)")
+    p.add_argument(
+        "--input-size", type=int, default=None, help="H = W of the graph (default: native)"
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width (names only)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    p.add_argument("--no-fuse", action="store_true", help="export without folding BatchNorm")
+    p.add_argument("--no-check", action="store_true", help="skip the round-trip comparison")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sknet.export import export_model, load_source
+
+    fmt = args.format
+    if fmt is None:
+        suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
+        if suffix not in ("onnx", "pt2"):
+            raise ValueError("give --format onnx|pt2 (or an --out file ending in .onnx / .pt2)")
+        fmt = suffix
+    model, info = load_source(args.source, num_classes=args.num_classes)
+    out = args.out
+    if out is None:
+        out = Path(f"{Path(str(info.get('model') or 'model')).name}.{fmt}")
+    size = args.input_size or info.get("image_size")
+    result = export_model(
+        model,
+        out,
+        format=fmt,
+        input_size=size,
+        fuse=not args.no_fuse,
+        opset=args.opset,
+        check=not args.no_check,
+    )
+    print(result.describe())
+    return 0

@@ -1,0 +1,293 @@
+"""Export sknet models to ONNX and to ``torch.export`` archives (``.pt2``), batch axis dynamic.
+
+>>> from sknet.export import export_model, load_source
+>>> model, info = load_source("sknet_tiny")          # a name (random init), weights or a run
+>>> export_model(model, "sknet_tiny.onnx", input_size=info["image_size"])  # doctest: +SKIP
+
+Both formats export the model as :func:`sknet.deploy` prepares it (BNs folded; ``fuse=False``
+keeps the model as trained) with standard operators only, so ONNX Runtime, ``torch.export``
+consumers and AOT compilers see plain convolutions. The input is ``images`` of shape
+``(batch, C, H, W)`` with ``batch`` dynamic and ``H, W`` fixed at the export size; the output is
+``logits`` ``(batch, num_classes)``. After writing, the file is loaded back and run at two batch
+sizes other than the example's, and compared with the PyTorch model (``check=True``); attention
+capture is not part of an exported graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ExportResult",
+    "check_onnx",
+    "check_pt2",
+    "export_model",
+    "load_pt2",
+    "load_source",
+]
+
+ExportFormat = Literal["onnx", "pt2"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2")
+CHECK_BATCHES: tuple[int, int] = (1, 3)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how well it matched PyTorch."""
+
+    path: Path
+    format: str
+    input_shape: tuple[int, int, int, int]
+    fused: bool
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch size -> max |diff|
+
+    def describe(self) -> str:
+        size = self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
+        _, c, h, w = self.input_shape
+        s = f"wrote {self.path} ({self.format}, {size:.1f} MiB, input (batch, {c}, {h}, {w})"
+        s += ", BN folded)" if self.fused else ")"
+        if self.max_abs_diff:
+            diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in self.max_abs_diff.items())
+            s += f"; max |exported - torch|: {diffs}"
+        return s
+
+
+def load_source(
+    source: str | os.PathLike, *, num_classes: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a registry name (random init), a ``.safetensors`` weights file, a
+    checkpoint (``.pt``) or a run directory.
+
+    Returns ``(model.eval(), info)`` with at least ``info["model"]`` (name) and
+    ``info["image_size"]`` (the size the model was trained/built for).
+    """
+    from sknet.models import create_model, get_entry
+
+    text = os.fspath(source)
+    path = Path(text)
+    if path.exists() or text.endswith((".safetensors", ".pt", ".pth", ".ckpt")) or os.sep in text:
+        if not path.exists():
+            raise FileNotFoundError(f"no weights file, checkpoint or run directory at {path}")
+        if num_classes is not None:
+            raise ValueError("num_classes applies to model names only; a file sets its own")
+        try:
+            from sknet.train import load_model  # run dirs, checkpoints and weights files
+        except ImportError:
+            load_model = None
+        if load_model is not None:
+            model, info = load_model(path)
+            info = dict(info)
+        elif path.suffix == ".safetensors":
+            from sknet.weights import load_weights
+
+            model = load_weights(path)
+            info = {"model": getattr(model, "model_name", None) or path.stem}
+        else:
+            raise ValueError(
+                f"{path}: checkpoints and run directories need sknet.train; pass a .safetensors "
+                "weights file or a model name"
+            )
+        info.setdefault("image_size", getattr(model, "default_input_size", 224))
+        info.setdefault("model", path.stem)
+        return model.eval(), info
+    get_entry(text)  # raises with suggestions for unknown names
+    model = create_model(text, num_classes=num_classes)
+    info = {"model": text, "image_size": model.default_input_size, "source": "random init"}
+    return model.eval(), info
+
+
+def _example(model: nn.Module, batch: int, input_size: int | None) -> torch.Tensor:
+    chans = int(getattr(model, "in_chans", 3))
+    size = int(input_size or getattr(model, "default_input_size", 224))
+    if size < 1:
+        raise ValueError(f"input size must be positive, got {size}")
+    min_size = int(getattr(model, "min_input_size", 1))
+    if size < min_size:
+        raise ValueError(
+            f"input size {size} is too small for this model: height and width must be at least "
+            f"{min_size} (its total stride)"
+        )
+    ref = next(model.parameters(), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, chans, size, size, generator=gen).to(device)
+
+
+def _prepare(model: nn.Module, fuse: bool) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if fuse:
+        from sknet.deploy import deploy, is_deployed
+
+        if not is_deployed(model):
+            return deploy(model, memory_format="contiguous")
+        return model.eval()
+    return model.eval()
+
+
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def _atomic(path: Path, write) -> Path:
+    from sknet.weights import atomic_save
+
+    return atomic_save(write, path)
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: ExportFormat | None = None,
+    input_size: int | None = None,
+    batch_size: int = 2,
+    fuse: bool = True,
+    opset: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export ``model`` to ``path`` as ONNX or a ``torch.export`` archive (``.pt2``).
+
+    Args:
+        model: the model (an sknet model or any image classifier taking ``(N, C, H, W)``).
+        path: output file; parent folders are created, the file appears atomically.
+        format: ``"onnx"`` or ``"pt2"``; by default taken from the suffix of ``path``.
+        input_size: H = W of the exported graph (default: the model's native size).
+        batch_size: batch of the example input used for tracing (the exported batch axis is
+            dynamic regardless); at least 2, so the batch size is not specialised to 1.
+        fuse: export the :func:`sknet.deploy` form (BN folded).
+        opset: ONNX opset (default: the exporter's).
+        check: run the exported file at batch sizes 1 and 3 and compare with PyTorch;
+            raises ``RuntimeError`` when the max abs difference exceeds ``atol``.
+    """
+    path = Path(path)
+    fmt = format or path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ValueError(
+            f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)} "
+            "(or give the output file a .onnx / .pt2 suffix)"
+        )
+    if batch_size < 2:
+        raise ValueError(f"batch_size for tracing must be >= 2, got {batch_size}")
+    if path.exists() and path.is_dir():
+        raise ValueError(f"output {path} is a directory; give a file name")
+    was_training = model.training
+    try:
+        net = _prepare(model, fuse)
+        x = _example(net, batch_size, input_size)
+        if hasattr(net, "check_input"):
+            net.check_input(x)
+        with torch.no_grad():
+            if fmt == "onnx":
+                _export_onnx(net, x, path, opset)
+            else:
+                _export_pt2(net, x, path)
+        result = ExportResult(path, fmt, tuple(x.shape), fuse)  # type: ignore[arg-type]
+        if check:
+            reference = model.eval()
+            if fmt == "onnx":
+                result.max_abs_diff = check_onnx(path, reference, x.shape[1:])
+            else:
+                result.max_abs_diff = check_pt2(path, reference, x.shape[1:])
+            worst = max(result.max_abs_diff.values(), default=0.0)
+            if not worst <= atol:
+                raise RuntimeError(
+                    f"exported {fmt} output differs from PyTorch by {worst:.3g} (> {atol:g})"
+                )
+        return result
+    finally:
+        model.train(was_training)
+
+
+def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, opset: int | None) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo-based exporter needs it)
+    except ImportError as exc:
+        raise RuntimeError(
+            "ONNX export needs the 'onnx' and 'onnxscript' packages: pip install 'sknet[onnx]'"
+        ) from exc
+
+    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+
+    def write(tmp: str) -> None:
+        # the exporter reports its progress on stdout; keep the CLI's output to the result
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                net,
+                (x,),
+                tmp,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=_dynamic_batch(),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
+
+    _atomic(path, write)
+
+
+def _export_pt2(net: nn.Module, x: torch.Tensor, path: Path) -> None:
+    program = torch.export.export(net, (x,), dynamic_shapes=_dynamic_batch())
+    buf = io.BytesIO()  # torch.export.save wants a .pt2 name; the atomic temp file has none
+    torch.export.save(program, buf)
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+def load_pt2(path: str | os.PathLike) -> nn.Module:
+    """Load a ``.pt2`` archive written by :func:`export_model` as a callable module."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported program at {path}")
+    return torch.export.load(str(path)).module()
+
+
+def _inputs(shape: torch.Size | tuple[int, ...], device: torch.device) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {b: torch.randn(b, *shape, generator=gen).to(device) for b in CHECK_BATCHES}
+
+
+def check_onnx(
+    path: str | os.PathLike, model: nn.Module, shape: tuple[int, ...]
+) -> dict[int, float]:
+    """Max abs difference between ONNX Runtime and ``model`` at batch sizes 1 and 3."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeError(
+            "checking the ONNX file needs onnxruntime (pip install 'sknet[onnx]'); "
+            "or export with check=False (--no-check)"
+        ) from exc
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out: dict[int, float] = {}
+    for b, x in _inputs(shape, torch.device("cpu")).items():
+        with torch.no_grad():
+            ref = model.cpu()(x)
+        got = torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+        out[b] = float((got - ref).abs().max())
+    return out
+
+
+def check_pt2(
+    path: str | os.PathLike, model: nn.Module, shape: tuple[int, ...]
+) -> dict[int, float]:
+    """Max abs difference between the reloaded ``.pt2`` program and ``model`` at batch 1 and 3."""
+    loaded = load_pt2(path)
+    ref_param = next(model.parameters(), None)
+    device = ref_param.device if ref_param is not None else torch.device("cpu")
+    out: dict[int, float] = {}
+    for b, x in _inputs(shape, device).items():
+        with torch.no_grad():
+            out[b] = float((loaded(x) - model(x)).abs().max())
+    return out
