@@ -80,3 +80,28 @@ def test_cli_convert_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad_st.write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load_weights(bad_st)
+
+
+def test_atomic_save_gives_ordinary_permissions_and_leaves_nothing_on_failure(
+    tmp_path: Path,
+) -> None:
+    import os
+    import stat
+
+    from sknet.weights import atomic_save
+
+    mask = os.umask(0o027)
+    try:
+        out = atomic_save(lambda tmp: Path(tmp).write_text("ok"), tmp_path / "a.txt")
+    finally:
+        os.umask(mask)
+    assert out.read_text() == "ok"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # 0666 minus the umask, not mkstemp's 0600
+
+    def fail(tmp: str) -> None:
+        Path(tmp).write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save(fail, tmp_path / "a.txt")
+    assert out.read_text() == "ok" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

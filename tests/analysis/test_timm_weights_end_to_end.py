@@ -1,7 +1,9 @@
-"""`sknet analyze` on timm's SKNet-50 weights, converted with `sknet convert`, over an ImageFolder.
+"""timm's SKNet-50 weights, converted with `sknet convert`, then `sknet eval` and `sknet analyze`
+over an ImageFolder.
 
-This is how a user probes the published ImageNet model: convert timm's state dict, then analyse
-the val split of an ImageNet-style folder. Random timm weights and a 3-class folder of random
+This is how a user evaluates and probes the published ImageNet model: convert timm's state dict,
+then evaluate at 224 and 320 (Table 2's protocol) and analyse the val split of an ImageNet-style
+folder. Random timm weights and a 3-class folder of random
 PNGs stand in for both here; the test checks that every one of SKNet-50's 16 SK units is
 recorded at every zoom with valid attention.
 """
@@ -22,7 +24,7 @@ from sknet.cli.main import main
 timm = pytest.importorskip("timm")
 
 
-def test_analyze_timm_converted_sknet50_on_an_image_folder(tmp_path: Path) -> None:
+def test_eval_and_analyze_timm_converted_sknet50_on_an_image_folder(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ref = timm.create_model("skresnext50_32x4d", pretrained=False, num_classes=3).eval()
     src, weights = tmp_path / "timm.pth", tmp_path / "sknet50.safetensors"
@@ -35,6 +37,15 @@ def test_analyze_timm_converted_sknet50_on_an_image_folder(tmp_path: Path) -> No
         d.mkdir(parents=True)
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+    data = ["--data", "imagefolder", "--data-dir", str(tmp_path / "imagenet")]
+    assert (
+        main(["eval", str(weights), *data, "--threads", "1", "--out", str(tmp_path / "e.json")])
+        == 0
+    )
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert [(r["size"], r["n"]) for r in res["results"]] == [(224, 6), (320, 6)]
+    assert all(0.0 <= r["top1_err"] <= 100.0 and r["top5_err"] == 0.0 for r in res["results"])
 
     out = tmp_path / "analysis"
     argv = ["analyze", str(weights), "--out", str(out), "--data", "imagefolder"]
