@@ -302,3 +302,27 @@ def test_a_single_image_gives_valid_json(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "attention.json").read_text())
     change = doc["units"]["SK_2_1"]["zooms"]["2"]["change_from_reference"]
     assert doc["num_images"] == 1 and change["sem"] is None
+
+
+@pytest.mark.parametrize("attention", ["channel", "shared"])
+def test_the_deployed_model_records_the_same_attention(tmp_path: Path, attention: str) -> None:
+    # `sknet analyze` probes the sknet.deploy form (BN folded) unless --no-deploy: same numbers.
+    torch.manual_seed(0)
+    model = sknet.create_model("sknet_tiny", sk_attention=attention)
+    for m in model.modules():  # non-trivial BN statistics, so a wrong folding would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    views = build_views("synthetic", num_images=12, image_size=48)
+    eager, _ = run_analysis(model.eval(), views, tmp_path / "eager", batch_size=5)
+    fused, _ = run_analysis(sknet.deploy(model), views, tmp_path / "fused", batch_size=5)
+    assert list(fused.units) == list(eager.units)
+    for u in eager.units:
+        np.testing.assert_allclose(fused.mean_diff(u), eager.mean_diff(u), atol=1e-5)
+    a = json.loads((tmp_path / "eager" / "attention.json").read_text())["units"]
+    b = json.loads((tmp_path / "fused" / "attention.json").read_text())["units"]
+    for u in a:
+        assert b[u]["attention"] == a[u]["attention"] == attention
+        ca = np.array(a[u]["zooms"]["2"]["channel_attention"])
+        cb = np.array(b[u]["zooms"]["2"]["channel_attention"])
+        np.testing.assert_allclose(cb, ca, atol=1e-5)

@@ -117,6 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch CPU threads (default: the run's 'threads' setting, else torch's choice)",
     )
+    p.add_argument(
+        "--no-deploy",
+        action="store_true",
+        help="probe the model as trained instead of its sknet.deploy form (BN folded, fused "
+        "kernels: the same attention within float rounding, about 2x faster on a CPU)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -155,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     model, info = _load(args.source)
+    if not args.no_deploy:
+        import sknet
+
+        model = sknet.deploy(model.to(args.device))
     # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's.
     threads = args.threads or _get(info, "threads") or None
     if threads:
@@ -214,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         model,
         views,
         args.out,
-        meta={"source": str(args.source), "model": str(name)},
+        meta={"source": str(args.source), "model": str(name), "deployed": not args.no_deploy},
         channel_units=args.units,
         class_units=args.class_units,
         bin_size=args.channel_bin,

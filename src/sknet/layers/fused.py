@@ -244,9 +244,15 @@ class FusedSKAttention(nn.Module):
     """:class:`~sknet.layers.sk.SKAttention` with its BN folded: two small matrix products."""
 
     def __init__(
-        self, w_reduce: torch.Tensor, b_reduce: torch.Tensor | None, w_select: torch.Tensor, m: int
+        self,
+        w_reduce: torch.Tensor,
+        b_reduce: torch.Tensor | None,
+        w_select: torch.Tensor,
+        m: int,
+        attention: str = "channel",
     ) -> None:
         super().__init__()
+        self.attention = attention  # "channel" or "shared", as in SKAttention
         self.w_reduce = nn.Parameter(w_reduce.detach().clone(), requires_grad=False)
         self.b_reduce = (
             nn.Parameter(b_reduce.detach().clone(), requires_grad=False)
@@ -263,7 +269,9 @@ class FusedSKAttention(nn.Module):
             w, b = fold_bn(w, None, attn.bn)
         else:
             b = None
-        return cls(w.flatten(1), b, attn.fc_select.weight.flatten(1), attn.num_branches)
+        return cls(
+            w.flatten(1), b, attn.fc_select.weight.flatten(1), attn.num_branches, attn.attention
+        )
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         # s: (N, C, 1, 1) -> (N, M, C') soft-maxed over M
