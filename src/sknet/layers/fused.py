@@ -313,11 +313,7 @@ class FusedSKConv(SKConv):
             branches.append(FusedConv2d.from_conv_bn(b.conv, b.bn, relu=isinstance(b.act, nn.ReLU)))
         new.branches = nn.ModuleList(branches)
         new.attn = FusedSKAttention.from_attention(sk.attn) if sk.attn is not None else None
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return self._fuse_select(self.branch_outputs(x))
+        return new  # forward: SKConv's (Split through the fused branches, then _fuse_select)
 
 
 class FusedBottleneck(nn.Module):

@@ -399,7 +399,7 @@ class _Branch(nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        shortcut = getattr(self, "_shortcut", None)  # absent in modules pickled before it
+        shortcut = self._shortcut
         if shortcut is None or c._forward_hooks or c._forward_pre_hooks:
             return c(x)  # hooks on the convolution (pruning, feature taps) see its real call
         s, d, p = shortcut
