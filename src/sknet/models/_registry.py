@@ -143,11 +143,12 @@ def create_model(
     entry = get_entry(name)
     if num_classes is None:
         num_classes = entry.paper_num_classes
-    if not isinstance(num_classes, int) or num_classes < 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
     config = apply_overrides(entry.config, dict(overrides), name)
     model = entry.builder(config, num_classes=num_classes, in_chans=in_chans)
     model.model_name = name  # type: ignore[assignment]
+    model.model_config = config  # type: ignore[assignment]  # the resolved architecture
     return model
