@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["Complexity", "complexity"]
@@ -44,11 +45,25 @@ def complexity(
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"input_size must be a positive int, got {size!r}")
     was_training = model.training
     model.eval()
+    # The pass runs on the meta device: shapes only, no memory for activations and no compute,
+    # so any input size can be counted (a real 10000x10000 pass needs tens of GB).
+    meta = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in (*model.named_parameters(), *model.named_buffers())
+    }
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, chans, size, size, device=device, dtype=dtype))
+            functional_call(
+                model,
+                meta,
+                (torch.zeros(1, chans, size, size, device="meta", dtype=dtype),),
+                tie_weights=False,
+                strict=False,
+            )
     finally:
         model.train(was_training)
     return Complexity(params=params, macs=int(counter.get_total_flops()) // 2, input_size=size)

@@ -25,12 +25,14 @@ fine-tuned (train the original, deploy again). Its ``state_dict`` differs from t
 from __future__ import annotations
 
 import copy
+import types
 from typing import Literal
 
 import torch
 from torch import nn
 
 from sknet.layers.fused import FusedBottleneck, FusedConv2d, FusedSKConv
+from sknet.layers.norm import FrozenBatchNorm2d
 from sknet.layers.sk import SKConv
 
 __all__ = ["deploy", "is_deployed", "preferred_memory_format"]
@@ -59,7 +61,7 @@ def _is_conv_bn(mods: list[nn.Module], i: int) -> bool:
     return (
         i + 1 < len(mods)
         and isinstance(mods[i], nn.Conv2d)
-        and isinstance(mods[i + 1], nn.BatchNorm2d)
+        and isinstance(mods[i + 1], nn.BatchNorm2d | FrozenBatchNorm2d)
         and mods[i + 1].num_features == mods[i].out_channels
         and mods[i].padding_mode == "zeros"
         and not isinstance(mods[i].padding, str)
@@ -177,4 +179,18 @@ def deploy(
         first.memory_format = mf
     out.sknet_deployed = True  # type: ignore[assignment]
     out.sknet_memory_format = fmt  # type: ignore[assignment]
+    # An instance attribute shadows nn.Module.train for this object only: train() fails with a
+    # clear message, eval() / train(False) keep working.
+    out.train = types.MethodType(_inference_only_train, out)  # type: ignore[method-assign]
     return out
+
+
+def _inference_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        from sknet.errors import ConfigError
+
+        raise ConfigError(
+            "this model came out of sknet.deploy: BatchNorm is folded into the convolutions and "
+            "it is inference-only; train or fine-tune the original model and deploy it again"
+        )
+    return nn.Module.train(self, False)

@@ -1,8 +1,9 @@
 """Export sknet models to ONNX and to ``torch.export`` archives (``.pt2``), batch axis dynamic.
 
->>> from sknet.export import export_model, load_source
->>> model, info = load_source("sknet_tiny")          # a name (random init), weights or a run
->>> export_model(model, "sknet_tiny.onnx", input_size=info["image_size"])  # doctest: +SKIP
+>>> import sknet
+>>> from sknet.export import export_model
+>>> model, record = sknet.load("sknet_tiny")         # a name (random init), weights or a run
+>>> export_model(model, "sknet_tiny.onnx", input_size=record.image_size)  # doctest: +SKIP
 
 Both formats export the model as :func:`sknet.deploy` prepares it (BNs folded; ``fuse=False``
 keeps the model as trained) with standard operators only, so ONNX Runtime, ``torch.export``
@@ -25,13 +26,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sknet._files import atomic_save
+
 __all__ = [
     "ExportResult",
     "check_onnx",
     "check_pt2",
     "export_model",
     "load_pt2",
-    "load_source",
 ]
 
 ExportFormat = Literal["onnx", "pt2"]
@@ -58,50 +60,6 @@ class ExportResult:
             diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in self.max_abs_diff.items())
             s += f"; max |exported - torch|: {diffs}"
         return s
-
-
-def load_source(
-    source: str | os.PathLike, *, num_classes: int | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A model from a registry name (random init), a ``.safetensors`` weights file, a
-    checkpoint (``.pt``) or a run directory.
-
-    Returns ``(model.eval(), info)`` with at least ``info["model"]`` (name) and
-    ``info["image_size"]`` (the size the model was trained/built for).
-    """
-    from sknet.models import create_model, get_entry
-
-    text = os.fspath(source)
-    path = Path(text)
-    if path.exists() or text.endswith((".safetensors", ".pt", ".pth", ".ckpt")) or os.sep in text:
-        if not path.exists():
-            raise FileNotFoundError(f"no weights file, checkpoint or run directory at {path}")
-        if num_classes is not None:
-            raise ValueError("num_classes applies to model names only; a file sets its own")
-        try:
-            from sknet.train import load_model  # run dirs, checkpoints and weights files
-        except ImportError:
-            load_model = None
-        if load_model is not None:
-            model, info = load_model(path)
-            info = dict(info)
-        elif path.suffix == ".safetensors":
-            from sknet.weights import load_weights
-
-            model = load_weights(path)
-            info = {"model": getattr(model, "model_name", None) or path.stem}
-        else:
-            raise ValueError(
-                f"{path}: checkpoints and run directories need sknet.train; pass a .safetensors "
-                "weights file or a model name"
-            )
-        info.setdefault("image_size", getattr(model, "default_input_size", 224))
-        info.setdefault("model", path.stem)
-        return model.eval(), info
-    get_entry(text)  # raises with suggestions for unknown names
-    model = create_model(text, num_classes=num_classes)
-    info = {"model": text, "image_size": model.default_input_size, "source": "random init"}
-    return model.eval(), info
 
 
 def _example(model: nn.Module, batch: int, input_size: int | None) -> torch.Tensor:
@@ -135,12 +93,6 @@ def _prepare(model: nn.Module, fuse: bool) -> nn.Module:
 
 def _dynamic_batch() -> tuple[dict[int, Any]]:
     return ({0: torch.export.Dim("batch", min=1, max=4096)},)
-
-
-def _atomic(path: Path, write) -> Path:
-    from sknet.weights import atomic_save
-
-    return atomic_save(write, path)
 
 
 def export_model(
@@ -234,14 +186,14 @@ def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, opset: int | None)
                 **kwargs,
             )
 
-    _atomic(path, write)
+    atomic_save(write, path)
 
 
 def _export_pt2(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     program = torch.export.export(net, (x,), dynamic_shapes=_dynamic_batch())
     buf = io.BytesIO()  # torch.export.save wants a .pt2 name; the atomic temp file has none
     torch.export.save(program, buf)
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    atomic_save(lambda tmp: Path(tmp).write_bytes(buf.getvalue()), path)
 
 
 def load_pt2(path: str | os.PathLike) -> nn.Module:

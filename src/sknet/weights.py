@@ -1,82 +1,137 @@
-"""Weights files: safetensors with the model's name and build arguments in the metadata.
+"""Weights files: safetensors whose metadata says exactly which network they belong to.
 
-A weights file is self-describing: ``load_weights(path)`` rebuilds the model it came from.
-Metadata keys: ``sknet_model`` (registry name), ``num_classes``, ``in_chans`` and
-``model_overrides`` (JSON of the create_model overrides, branch specs as text).
+A weights file is self-describing: :func:`sknet.load` (or :func:`load_weights`) rebuilds the
+model it came from. Metadata (all values are strings, JSON where structured):
+
+* ``sknet_format`` = ``"sknet-weights"``, ``sknet_format_version`` (2 since the full config);
+* ``sknet_model`` (registry name), ``num_classes``, ``in_chans``;
+* ``sknet_arch``: the **full resolved architecture config** (every field of the family's config
+  dataclass, branch specs as text). Loading rebuilds from it, so a model built with overrides
+  never comes back as the default network;
+* ``model_overrides``: the overrides given at build time (kept for older readers);
+* ``sknet_classes``: the class names, in label order (when known);
+* ``sknet_preprocess``: how inputs must be prepared (see :class:`sknet.loading.Preprocess`);
+* ``sknet_provenance``: where the weights came from (training run, conversion, init weights);
+* training runs add ``sknet_train_config``, ``sknet_data``, ``sknet_image_size``,
+  ``sknet_mean``/``sknet_std``.
+
+Files written before the full config existed (format 1: name and overrides only) keep loading.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from sknet._files import atomic_save
+from sknet.errors import ConfigError
 from sknet.layers.sk import BranchSpec
-from sknet.models import SKNetModel, create_model
 
-__all__ = ["atomic_save", "load_weights", "read_metadata", "save_weights"]
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "arch_config_of",
+    "atomic_save",
+    "load_weights",
+    "read_metadata",
+    "save_weights",
+]
+
+WEIGHTS_FORMAT = "sknet-weights"
+WEIGHTS_FORMAT_VERSION = 2
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """Config values as JSON: branch specs as their text, tuples as lists."""
     if isinstance(v, BranchSpec):
         return v.describe()
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
     return v
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def atomic_save(write, path: str | os.PathLike) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file.
-
-    The file gets the permissions an ordinary ``open(path, "w")`` would give it (0666 minus the
-    umask), not the 0600 of the temporary file it is written as.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def arch_config_of(model: nn.Module) -> dict[str, Any] | None:
+    """The full resolved architecture config of a model built by ``create_model`` (as JSON
+    values), or None for a model built another way."""
+    cfg = getattr(model, "model_config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return None
+    return {f.name: jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 def save_weights(
-    model: SKNetModel,
+    model: nn.Module,
     path: str | os.PathLike,
     *,
     name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    classes: list[str] | tuple[str, ...] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """Save ``model``'s state dict as safetensors (atomically) with its build metadata."""
+    """Save ``model``'s state dict as safetensors (atomically) with its full build metadata.
+
+    Args:
+        model: a model built by :func:`sknet.create_model` (or loaded by :func:`sknet.load`).
+            Deployed models (:func:`sknet.deploy`) are refused: their BN is folded away and they
+            are inference-only; save the model before deploying it.
+        name: registry name (default: the model's own).
+        overrides: the build-time overrides, recorded for information (the full config is what
+            loading uses).
+        classes: class names in label order; default: ``model.class_names`` when set.
+        preprocess: input preparation (``sknet.loading.Preprocess`` fields).
+        provenance: where the weights come from (JSON-able dict).
+        extra: further string metadata.
+    """
     from safetensors.torch import save_file
 
+    from sknet.deploy import is_deployed
+
+    if is_deployed(model):
+        raise ConfigError(
+            "save_weights: this model came out of sknet.deploy (BatchNorm folded, "
+            "inference-only) and cannot be reloaded as a trainable network; save the model "
+            "before deploying it, and deploy again after loading"
+        )
     name = name or getattr(model, "model_name", None)
     if not name:
-        raise ValueError("save_weights needs the registry name of the model (name=...)")
+        raise ConfigError("save_weights needs the registry name of the model (name=...)")
+    arch = arch_config_of(model)
+    if classes is None:
+        classes = getattr(model, "class_names", None)
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if len(classes) != int(model.num_classes):
+            raise ConfigError(
+                f"save_weights: {len(classes)} class names for a model with "
+                f"{model.num_classes} classes"
+            )
+    if overrides is None:
+        overrides = getattr(model, "model_overrides", None) or {}
     meta = {
+        "sknet_format": WEIGHTS_FORMAT,
+        "sknet_format_version": str(WEIGHTS_FORMAT_VERSION),
         "sknet_model": name,
-        "num_classes": str(model.num_classes),
-        "in_chans": str(model.in_chans),
-        "model_overrides": json.dumps({k: _jsonable(v) for k, v in (overrides or {}).items()}),
-        **(extra or {}),
+        "num_classes": str(int(model.num_classes)),
+        "in_chans": str(int(model.in_chans)),
+        "model_overrides": json.dumps(jsonable(dict(overrides))),
     }
+    if arch is not None:
+        meta["sknet_arch"] = json.dumps(arch)
+    if classes is not None:
+        meta["sknet_classes"] = json.dumps(classes)
+    if preprocess is not None:
+        meta["sknet_preprocess"] = json.dumps(jsonable(preprocess))
+    if provenance is not None:
+        meta["sknet_provenance"] = json.dumps(jsonable(provenance))
+    meta.update(extra or {})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_save(lambda tmp: save_file(state, tmp, metadata=meta), path)
 
@@ -85,6 +140,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a safetensors file (empty dict when it has none)."""
     from safetensors import safe_open
 
+    from sknet.errors import FileFormatError
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
@@ -92,37 +149,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+        raise FileFormatError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def load_weights(
     path: str | os.PathLike, *, name: str | None = None, num_classes: int | None = None
-) -> SKNetModel:
-    """Rebuild a model from a weights file written by :func:`save_weights` (or ``sknet convert``).
+) -> nn.Module:
+    """Rebuild a model from a weights file written by :func:`save_weights` (or
+    ``sknet convert``); the same as ``sknet.load(path)``.
 
     ``name``/``num_classes`` are needed only for files without sknet metadata.
     """
-    from safetensors.torch import load_file
+    from sknet.loading import load
 
-    meta = read_metadata(path)
-    name = name or meta.get("sknet_model")
-    if not name:
-        raise ValueError(f"{path} has no 'sknet_model' metadata: pass the model name")
-    overrides = json.loads(meta.get("model_overrides", "{}"))
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise ValueError(f"cannot read tensors from {path}: {exc}") from exc
-    if num_classes is None:
-        num_classes = int(meta["num_classes"]) if "num_classes" in meta else None
-    model = create_model(
-        name, num_classes=num_classes, in_chans=int(meta.get("in_chans", 3)), **overrides
-    )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match {name}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
-    model.model_overrides = overrides  # type: ignore[assignment]
-    return model.eval()
+    model, _ = load(path, name=name, num_classes=num_classes)
+    return model

@@ -10,7 +10,7 @@ import torch
 
 import sknet
 from sknet.cli.main import main as cli
-from sknet.export import export_model, load_pt2, load_source
+from sknet.export import export_model, load_pt2
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_cli_exports_a_weights_file(tiny, tmp_path: Path, capsys) -> None:
     from sknet.weights import save_weights
 
     weights = save_weights(tiny, tmp_path / "w.safetensors", name="sknet_tiny")
-    _, info = load_source(weights)
-    assert info["image_size"] == 48
+    _, record = sknet.load(weights)
+    assert record.image_size == 48
     out = tmp_path / "deep" / "w.pt2"
     assert cli(["export", str(weights), "--out", str(out)]) == 0
     assert out.is_file() and "max |exported - torch|" in capsys.readouterr().out
@@ -71,9 +71,10 @@ def test_cli_exports_a_weights_file(tiny, tmp_path: Path, capsys) -> None:
         assert (load_pt2(out)(x) - tiny(x)).abs().max() <= 1e-4
 
 
-def test_load_source_model_name() -> None:
-    model, info = load_source("sknet_tiny", num_classes=7)
-    assert info == {"model": "sknet_tiny", "image_size": 48, "source": "random init"}
+def test_load_model_name() -> None:
+    model, record = sknet.load("sknet_tiny", num_classes=7)
+    assert (record.name, record.image_size, record.source_kind) == ("sknet_tiny", 48, "registry")
+    assert record.provenance == {"init": "random"}
     assert model.num_classes == 7 and not model.training
 
 
@@ -88,11 +89,9 @@ def test_export_errors(tiny, tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="directory"):
         export_model(tiny, tmp_path / "d.pt2")
     with pytest.raises(FileNotFoundError):
-        load_source(tmp_path / "missing.safetensors")
+        sknet.load(tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError):
         load_pt2(tmp_path / "missing.pt2")
-    with pytest.raises(ValueError, match="num_classes"):
-        load_source(tmp_path / "d.pt2", num_classes=3)
     assert not list(tmp_path.glob("x.*")), "no partial files are left behind"
     # the CLI turns them into one-line errors
     assert cli(["export", "no_such_model", "--format", "onnx"]) == 1

@@ -59,7 +59,8 @@ def test_corrupt_images_are_skipped_and_reported(tmp_path: Path, workers: int) -
     summary = train(_cfg(tmp_path / "data", workers=workers, max_bad=5), run_dir)
     assert summary["bad_images"] == 4
     assert sorted(summary["bad_files"]) == sorted(bad)
-    assert summary["num_classes"] == 2 and summary["val_n"] == 24
+    # 24 val images, one unreadable: counted once as missing, never replaced by another image.
+    assert summary["num_classes"] == 2 and summary["val_n"] == 23
     log = (run_dir / "train.log").read_text()
     for p in bad:
         assert p in log
@@ -68,8 +69,8 @@ def test_corrupt_images_are_skipped_and_reported(tmp_path: Path, workers: int) -
         # ImageNet-style evaluation: native size and 320/224 of it, resize then centre crop.
         res = evaluate_source(run_dir)
         assert [(r["size"], r["resize"], r["n"]) for r in res["results"]] == [
-            (32, 37, 24),
-            (46, 53, 24),
+            (32, 37, 23),
+            (46, 53, 23),
         ]
         assert res["results"][0]["top1_err"] == pytest.approx(summary["top1_err"], abs=1e-3)
 
@@ -102,7 +103,9 @@ def test_cli_reports_corrupt_images_and_missing_data(
     assert last.startswith("sknet train: error:") and "max_bad=1" in last, err
     assert "unreadable image" in last and "Traceback" not in err
 
-    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "none")]) == 1
+    none = ["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "c10")]
+    assert main(["train", "--data", "cifar10", *none]) == 1
+    assert not (tmp_path / "c10").exists(), "a failed start leaves no run directory"
     err = capsys.readouterr().err.strip()
     assert "cifar10: missing" in err and "Nothing is downloaded" in err
     assert len(err.splitlines()) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sknet.train import load_model
+import sknet
 
 from .conftest import ROOT, subprocess_env
 
@@ -48,6 +48,6 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     # Rank 0's saved weights are the weights every rank holds.
     from sknet.train import weights_digest
 
-    model, info = load_model(out)
+    model, record = sknet.load(out)
     assert weights_digest(model) == ranks[0]["weights_sha256"]
-    assert info["model"] == "resnext_tiny"
+    assert record.name == "resnext_tiny"

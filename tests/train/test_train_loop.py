@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import sknet
+
 from sknet.train import (
     NonFiniteLossError,
     evaluate,
     load_checkpoint,
-    load_model,
     train,
     weights_digest,
 )
@@ -64,9 +65,10 @@ def test_load_model_from_every_source_gives_the_same_network(
     finished_run: tuple[Path, dict],
 ) -> None:
     run_dir, summary = finished_run
-    m_dir, info = load_model(run_dir)
-    m_ckpt, info_ckpt = load_model(run_dir / "checkpoints" / "last.pt")
-    m_st, _ = load_model(run_dir / "model.safetensors")
+    m_dir, rec = sknet.load(run_dir)
+    m_ckpt, rec_ckpt = sknet.load(run_dir / "checkpoints" / "last.pt")
+    m_st, _ = sknet.load(run_dir / "model.safetensors")
+    info, info_ckpt = rec.info(), rec_ckpt.info()
     assert weights_digest(m_dir) == weights_digest(m_ckpt) == weights_digest(m_st)
     assert not m_dir.training
     for i in (info, info_ckpt):
@@ -111,11 +113,11 @@ def test_same_seed_same_weights_and_repeated_calls(tmp_path: Path) -> None:
     cfg = tiny_config(epochs=1)
     train(cfg, tmp_path / "a")
     train(cfg, tmp_path / "b")
-    a, _ = load_model(tmp_path / "a")
-    b, _ = load_model(tmp_path / "b")
+    a, _ = sknet.load(tmp_path / "a")
+    b, _ = sknet.load(tmp_path / "b")
     assert weights_digest(a) == weights_digest(b)
     train(tiny_config(epochs=1, seed=1), tmp_path / "c")
-    c, _ = load_model(tmp_path / "c")
+    c, _ = sknet.load(tmp_path / "c")
     assert weights_digest(a) != weights_digest(c)
 
 
@@ -123,8 +125,9 @@ def test_model_overrides_reach_the_model(tmp_path: Path) -> None:
     cfg = tiny_config(model="sknet_tiny", epochs=1, model_overrides={"sk_aggregation": "sum"})
     summary = train(cfg, tmp_path / "sum")
     assert summary["model_overrides"] == {"sk_aggregation": "sum"}
-    model, info = load_model(tmp_path / "sum" / "model.safetensors")
-    assert info["model_overrides"] == {"sk_aggregation": "sum"}
+    model, rec = sknet.load(tmp_path / "sum" / "model.safetensors")
+    assert rec.model_overrides == {"sk_aggregation": "sum"}
+    assert rec.arch["sk_aggregation"] == "sum"
     assert all(u.aggregation == "sum" for u in model.sk_units().values())
 
 

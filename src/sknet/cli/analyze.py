@@ -132,10 +132,10 @@ def _load(source: str) -> tuple[Any, dict[str, Any]]:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"no run directory, checkpoint or weights file at {source}")
-    from sknet.train import load_model
+    from sknet.loading import load
 
-    model, info = load_model(path)
-    return model.eval(), dict(info or {})
+    model, record = load(path)
+    return model.eval(), record.info()
 
 
 def _get(info: dict[str, Any], *keys: str) -> Any:

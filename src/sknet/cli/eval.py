@@ -35,7 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--val-samples", type=int, default=None, help="synthetic val images (default: the run's)"
     )
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--out", default=None, metavar="FILE.json", help="where to write the JSON")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.json",
+        help="where to write the JSON (default: RUN_DIR/eval.json for a run directory)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)
 
@@ -53,6 +59,25 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-samples must be positive, got {args.val_samples}")
     if args.sizes and min(args.sizes) < 1:
         raise ValueError(f"--sizes must be positive, got {args.sizes}")
+    from sknet._files import atomic_write_text, check_output
+    from sknet.loading import resolve_source
+    from sknet.train.distributed import resolve_device
+
+    resolve_device(args.device)  # an unknown device is an error before any work
+    src_file, _ = resolve_source(args.source)
+    run_dir = Path(args.source) if Path(args.source).is_dir() else None
+    out = None
+    if args.out:
+        out = check_output(
+            args.out,
+            sources=[src_file],
+            protected_dirs=[run_dir] if run_dir else [],
+            force=args.force,
+            suffixes=(".json",),
+            what="--out",
+        )
+    elif run_dir is not None:
+        out = run_dir / "eval.json"  # the command's own product: replaced on each evaluation
     res = evaluate_source(
         args.source,
         data=args.data,
@@ -66,14 +91,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
         threads=args.threads,
     )
-    out = Path(args.out) if args.out else None
-    if out is None and Path(args.source).is_dir():
-        out = Path(args.source) / "eval.json"
     text = json.dumps(res, indent=2)
     if out is not None:
-        from sknet.weights import atomic_save
-
-        atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), out)
+        atomic_write_text(out, text + "\n")
     if args.json:
         print(text)
         return 0
@@ -82,8 +102,13 @@ def run(args: argparse.Namespace) -> int:
     for r in res["results"]:
         resize = str(r["resize"]) if r["resize"] else "-"
         print(
-            f"{r['size']:>6} {resize:>7} {r['top1_err']:>9.2f}% {r['top5_err']:>9.2f}% {r['n']:>8}"
+            f"{r['size']:>6} {resize:>7} {r['top1_err']:>9.2f}% {_pct(r['top5_err']):>10} "
+            f"{r['n']:>8}"
         )
     if out is not None:
         print(f"wrote {out}")
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}%"

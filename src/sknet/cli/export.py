@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sknet.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,23 +26,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     p.add_argument("--no-fuse", action="store_true", help="export without folding BatchNorm")
     p.add_argument("--no-check", action="store_true", help="skip the round-trip comparison")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet.export import export_model, load_source
+    from sknet._files import check_output
+    from sknet.export import export_model
+    from sknet.loading import _looks_like_path, load, resolve_source
 
     fmt = args.format
     if fmt is None:
         suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
         if suffix not in ("onnx", "pt2"):
-            raise ValueError("give --format onnx|pt2 (or an --out file ending in .onnx / .pt2)")
+            raise ConfigError("give --format onnx|pt2 (or an --out file ending in .onnx / .pt2)")
         fmt = suffix
-    model, info = load_source(args.source, num_classes=args.num_classes)
+    sources, protected = [], []
+    if _looks_like_path(args.source):
+        if args.num_classes is not None:
+            raise ConfigError("--num-classes applies to model names only; a file sets its own")
+        sources.append(resolve_source(args.source)[0])
+        if Path(args.source).is_dir():
+            protected.append(Path(args.source))
     out = args.out
     if out is None:
-        out = Path(f"{Path(str(info.get('model') or 'model')).name}.{fmt}")
-    size = args.input_size or info.get("image_size")
+        name = Path(args.source).name if sources else args.source
+        out = Path(f"{name.removesuffix('.safetensors').removesuffix('.pt')}.{fmt}")
+    out = check_output(
+        out,
+        sources=sources,
+        protected_dirs=protected,
+        force=args.force,
+        suffixes=(f".{fmt}",),
+        what="--out",
+    )
+    model, record = load(args.source, num_classes=args.num_classes)
+    size = args.input_size or record.image_size
     result = export_model(
         model,
         out,

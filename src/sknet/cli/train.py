@@ -195,10 +195,14 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0") or 0) == 0:
         print(
             f"{summary['model']} on {summary['data']}: val top-1 err {summary['top1_err']:.2f}% "
-            f"(accuracy {summary['val_acc']:.2f}%), top-5 err {summary['top5_err']:.2f}%, "
+            f"(accuracy {summary['val_acc']:.2f}%), top-5 err {_pct(summary['top5_err'])}, "
             f"{summary['epochs_done']} epochs in {summary['seconds']:.0f}s"
         )
         if summary["bad_images"]:
             print(f"skipped {summary['bad_images']} unreadable image(s); see {run_dir}/train.log")
         print(f"run directory: {summary['run_dir']}  (evaluate: sknet eval {summary['run_dir']})")
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}%"

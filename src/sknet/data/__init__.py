@@ -19,8 +19,10 @@ from .real import (
     CIFARDataset,
     PathLike,
     RobustImageFolder,
+    align_classes,
     build_cifar,
     build_imagefolder,
+    load_image,
 )
 from .synthetic import SHAPE_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .transforms import (
@@ -54,11 +56,13 @@ __all__ = [
     "CIFARDataset",
     "RobustImageFolder",
     "SyntheticShapes",
+    "align_classes",
     "build_cifar",
     "build_dataset",
     "build_imagefolder",
     "eval_resize_size",
     "eval_transform",
+    "load_image",
     "normalization",
     "train_transform",
 ]

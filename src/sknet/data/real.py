@@ -3,8 +3,12 @@
 * :func:`build_cifar` reads the "CIFAR-10/100 python version" pickled batches directly (no md5
   check, so tiny test files work too) and validates their content.
 * :func:`build_imagefolder` indexes an ImageNet-style ``DIR/{train,val}/<class>/<image>`` tree
-  with :class:`torchvision.datasets.ImageFolder`; corrupt images are logged, recorded and replaced
-  by the next readable sample instead of killing a long run (up to ``max_bad`` of them).
+  with :class:`torchvision.datasets.ImageFolder`; corrupt images are logged, recorded and (in
+  training) replaced by the next readable sample instead of killing a long run (up to
+  ``max_bad`` of them). In evaluation they are marked with label -1 and not counted.
+* :func:`load_image` reads any image PIL can open as 8-bit RGB, scaling 16- and 32-bit
+  grayscale correctly (PIL's own ``convert("RGB")`` clips them to white).
+* :func:`align_classes` matches the classes of a split to a reference list *by name*.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from sknet.errors import ConfigError
 
 __all__ = [
     "CIFAR_SPECS",
     "CIFARDataset",
     "RobustImageFolder",
+    "align_classes",
     "build_cifar",
     "build_imagefolder",
+    "load_image",
 ]
 
 logger = logging.getLogger("sknet.data")
@@ -262,6 +270,89 @@ def build_cifar(
 
 
 # --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() <= 65535):
+        # 16-bit (PNG/TIFF): full range 0..65535 -> 0..255.
+        return (arr.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+    if mode == "I":
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return ((arr.astype(np.float64) - lo) * scale).round().astype(np.uint8)
+    if mode == "F":
+        if arr.size and np.nanmin(arr) >= 0.0 and np.nanmax(arr) <= 1.0:
+            return (np.nan_to_num(arr) * 255.0).round().astype(np.uint8)
+        raise ValueError(
+            "32-bit float image with values outside [0, 1]: its intensity scale is unknown"
+        )
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open an image file as 8-bit RGB.
+
+    8-bit images are converted by PIL as usual (palette and RGBA flattened, grayscale repeated
+    over the three channels). 16-bit grayscale (``I;16``, ``I``) is scaled from its full range
+    0..65535 to 0..255, and float images in [0, 1] to 0..255; PIL's ``convert("RGB")`` would
+    clip such images to pure white. Raises ``OSError``/``ValueError`` for unreadable files.
+    """
+    with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if mode in ("RGB",):
+            return img.copy()
+        if mode.startswith("I") or mode == "F":
+            if getattr(img, "n_frames", 1) < 1:  # pragma: no cover - defensive
+                raise ValueError("empty image")
+            gray = _to_uint8(np.asarray(img), mode)
+            if gray.ndim != 2:
+                raise ValueError(f"unsupported {mode} image with shape {gray.shape}")
+            return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
+        if mode == "P" and "transparency" in img.info:
+            return img.convert("RGBA").convert("RGB")
+        return img.convert("RGB")
+
+
+def align_classes(dataset: Any, classes: list[str] | tuple[str, ...], where: str) -> None:
+    """Make ``dataset``'s labels index ``classes`` (a reference list, e.g. the training split's
+    or the model's), matching class names, not positions.
+
+    A dataset with the same classes in the same order is left as it is. An ImageFolder whose
+    classes are a subset of ``classes`` (a validation folder without some classes) has its
+    labels rewritten to the reference indices. A class that the reference does not have is an
+    error naming it; so is a dataset of another kind whose class names differ.
+    """
+    own = [str(c) for c in getattr(dataset, "classes", None) or []]
+    ref = [str(c) for c in classes]
+    if own == ref:
+        return
+    unknown = [c for c in own if c not in ref]
+    if unknown or not hasattr(dataset, "samples"):
+        shown = ", ".join(unknown[:5] or own[:5])
+        raise ConfigError(
+            f"{where}: class(es) {shown}{' ...' if len(unknown) > 5 else ''} do not match the "
+            f"{len(ref)} reference classes ({', '.join(ref[:5])}{' ...' if len(ref) > 5 else ''}); "
+            "class folders must carry the same names as the training classes"
+        )
+    index = {c: i for i, c in enumerate(ref)}
+    remap = [index[c] for c in own]
+    dataset.samples = [(p, remap[t]) for p, t in dataset.samples]
+    dataset.imgs = dataset.samples
+    dataset.targets = [t for _, t in dataset.samples]
+    dataset.class_to_idx = {c: index[c] for c in own}
+    dataset.classes = list(ref)
+    logger.info(
+        "%s: %d of the %d classes present; labels matched to them by name",
+        where,
+        len(own),
+        len(ref),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # ImageFolder
 # --------------------------------------------------------------------------------------------
 
@@ -300,10 +391,13 @@ class RobustImageFolder(ImageFolder):
     """:class:`~torchvision.datasets.ImageFolder` that survives a few corrupt images.
 
     When an image cannot be opened or decoded, the error is logged (logger ``"sknet.data"``)
-    with the file name, the file is recorded in :attr:`bad_files`, and the next readable sample
-    (index + 1, wrapping around) is returned instead. Known-bad indices are skipped directly, so
-    a file is counted and logged once per process. Once more than ``max_bad`` distinct bad files
-    have been seen, a ``RuntimeError`` naming the count and the first files is raised.
+    with the file name and the file is recorded in :attr:`bad_files`. With ``replace_bad=True``
+    (training) the next readable sample (index + 1, wrapping around) is returned instead, and
+    known-bad indices are skipped directly. With ``replace_bad=False`` (evaluation) a blank image
+    with label -1 is returned, which evaluation does not count, so every readable image is
+    counted exactly once. A file is counted and logged once per process. Once more than
+    ``max_bad`` distinct bad files have been seen, a ``RuntimeError`` naming the count and the
+    first files is raised. Images are read with :func:`load_image`.
 
     With ``DataLoader(num_workers > 0)`` each worker holds its own copy of :attr:`bad_files`
     and its own count (the limit then applies per worker); the log lines still name every file.
@@ -315,12 +409,14 @@ class RobustImageFolder(ImageFolder):
         root: PathLike,
         transform: Transform | None = None,
         max_bad: int = 50,
-        loader: Callable[[str], Any] = default_loader,
+        loader: Callable[[str], Any] = load_image,
+        replace_bad: bool = True,
     ) -> None:
         super().__init__(str(root), transform=transform, loader=loader)
         if max_bad < 0:
             raise ValueError(f"max_bad must be >= 0, got {max_bad}")
         self.max_bad = max_bad
+        self.replace_bad = replace_bad
         self.bad_files: list[str] = []
         self._bad_indices: set[int] = set()
         self._lock = threading.Lock()
@@ -369,6 +465,8 @@ class RobustImageFolder(ImageFolder):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self.samples)
         index = int(index) % n if n else int(index)
+        if not self.replace_bad:
+            return self._get_or_blank(index)
         for step in range(n):
             i = (index + step) % n
             if i in self._bad_indices:
@@ -386,6 +484,19 @@ class RobustImageFolder(ImageFolder):
             return sample, target
         raise RuntimeError(f"no readable image in {self.root} (all {n} files failed to load)")
 
+    def _get_or_blank(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except Exception as exc:  # decode/IO errors: PIL raises many different types
+            self._record_bad(index, path, exc)
+            sample, target = Image.new("RGB", (8, 8)), -1
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None and target >= 0:
+            target = self.target_transform(target)
+        return sample, target
+
 
 def build_imagefolder(
     data_dir: PathLike,
@@ -395,7 +506,9 @@ def build_imagefolder(
 ) -> RobustImageFolder:
     """Index ``data_dir/<split>/<class>/*`` (``split`` is ``"train"`` or ``"val"``).
 
-    Returns a :class:`RobustImageFolder` (with ``num_classes``, ``classes``, ``bad_files``).
+    Returns a :class:`RobustImageFolder` (with ``num_classes``, ``classes``, ``bad_files``);
+    unreadable images are replaced by the next readable one in ``"train"`` and marked with
+    label -1 (not counted by evaluation) in ``"val"``.
     Raises ``FileNotFoundError`` naming the path and the expected layout if the split folder is
     missing, has no class sub-folders, or a class folder holds no image.
     """
@@ -404,4 +517,6 @@ def build_imagefolder(
     root = Path(data_dir).expanduser()
     split_dir = root / split
     _check_imagefolder_layout(root, split_dir)
-    return RobustImageFolder(split_dir, transform=transform, max_bad=max_bad)
+    return RobustImageFolder(
+        split_dir, transform=transform, max_bad=max_bad, replace_bad=split == "train"
+    )

@@ -1,9 +1,9 @@
 """Training and evaluation of SKNet-family models (plain PyTorch; DDP under ``torchrun``).
 
->>> from sknet.train import load_preset, train, load_model, evaluate
+>>> from sknet.train import load_preset, train, evaluate
 >>> cfg = load_preset("demo", epochs=1, num_samples=512)
 >>> summary = train(cfg, run_dir="runs/quick")            # doctest: +SKIP
->>> model, info = load_model("runs/quick")                # doctest: +SKIP
+>>> model, record = sknet.load("runs/quick")             # doctest: +SKIP
 
 Presets (``sknet/presets/*.toml``, see :func:`list_presets`): ``demo`` (the default of
 ``sknet train``: a small SK model on built-in synthetic data, minutes on a CPU), ``cifar``,
@@ -25,7 +25,7 @@ from sknet.train.config import (
     preset_path,
 )
 from sknet.train.distributed import DistInfo, setup_distributed
-from sknet.train.evaluate import default_eval_sizes, evaluate, evaluate_source, load_model
+from sknet.train.evaluate import default_eval_sizes, evaluate, evaluate_source
 from sknet.train.trainer import (
     RESUME_MUTABLE_KEYS,
     NonFiniteLossError,
@@ -51,7 +51,6 @@ __all__ = [
     "list_presets",
     "load_checkpoint",
     "load_config_file",
-    "load_model",
     "load_preset",
     "parse_set_options",
     "preset_path",

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sknet.weights import atomic_save
+from sknet._files import atomic_save
+from sknet.errors import FileFormatError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -84,12 +85,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of truncated or foreign files
-        raise ValueError(f"{path} is not a readable sknet checkpoint: {exc}") from None
+    except Exception:  # pickle / zip errors of truncated, foreign or malicious files
+        # torch's own message suggests weights_only=False, i.e. running the file's code: the
+        # one thing never to do with a file that fails the safe load.
+        raise FileFormatError(
+            f"{path} is not an sknet checkpoint (corrupt, truncated or unsafe to load); it was "
+            "refused without running any of its content"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an sknet training checkpoint")
+        raise FileFormatError(f"{path} is not an sknet training checkpoint")
     if int(state.get("version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(
+        raise FileFormatError(
             f"{path} was written by a newer sknet (checkpoint version {state['version']})"
         )
     return state

@@ -9,20 +9,22 @@ natively at each size and CIFAR images are resized.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from sknet.errors import ConfigError
 from sknet.train.distributed import DistInfo, all_reduce_sum
 
-__all__ = ["default_eval_sizes", "evaluate", "evaluate_source", "load_model"]
+log = logging.getLogger("sknet")
+
+__all__ = ["default_eval_sizes", "evaluate", "evaluate_source"]
 
 
 def _amp_context(amp: str, device: torch.device) -> Any:
@@ -58,8 +60,9 @@ def evaluate(
             so every rank returns the metrics of the whole set.
 
     Returns:
-        ``{"top1_err", "top5_err", "loss", "n", "top1_acc"}``; top-5 becomes top-``C`` for models
-        with ``C < 5`` classes. ``"bad_files"`` lists unreadable images the data skipped (sknet
+        ``{"top1_err", "top5_err", "loss", "n", "top1_acc"}``; ``top5_err`` is None for models
+        with 5 classes or fewer (it would always be 0). Samples labelled -1 (unreadable
+        images) are not counted. ``"bad_files"`` lists unreadable images the data skipped (sknet
         imagefolder data), when there were any.
     """
     if device is None:
@@ -73,6 +76,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
+    num_classes = 0
     bad: list[str] = []  # unreadable files reported by the data (imagefolder)
     try:
         it = data
@@ -84,14 +88,21 @@ def evaluate(
             images, labels = batch[0], batch[1]
             if len(batch) > 2 and isinstance(batch[2], (list, tuple)):
                 bad.extend(n for entry in batch[2] if entry for n in str(entry).split("\n"))
+            labels = torch.as_tensor(labels)
+            keep = labels >= 0  # -1 marks an unreadable image: not counted (see RobustImageFolder)
+            if not bool(keep.all()):
+                images, labels = images[keep], labels[keep]
+                if labels.numel() == 0:
+                    continue
             images = images.to(device, non_blocking=True)
-            labels = torch.as_tensor(labels).to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with _amp_context(amp, device):
                 logits = model(images)
             logits = logits.float()
-            k = min(5, logits.shape[1])
+            num_classes = logits.shape[1]
+            k = min(5, num_classes)
             topk = logits.topk(k, dim=1).indices
             hit = topk.eq(labels[:, None])
             sums[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
@@ -105,10 +116,11 @@ def evaluate(
     loss, c1, c5, n = (float(x) for x in sums.cpu())
     n_int = round(n)
     if n_int == 0:
-        raise ValueError("evaluate: the data is empty")
+        raise ValueError("evaluate: the data is empty (or every image was unreadable)")
     out: dict[str, Any] = {
         "top1_err": 100.0 * (1.0 - c1 / n),
-        "top5_err": 100.0 * (1.0 - c5 / n),
+        # With 5 classes or fewer every label is in the top 5: the figure says nothing.
+        "top5_err": 100.0 * (1.0 - c5 / n) if num_classes > 5 else None,
         "top1_acc": 100.0 * c1 / n,
         "loss": loss / n,
         "n": n_int,
@@ -116,114 +128,6 @@ def evaluate(
     if bad:
         out["bad_files"] = bad  # this process's share when distributed
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# loading
-# ---------------------------------------------------------------------------------------------
-
-
-def _info_from_config(cfg: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    info = {
-        "model": cfg.get("model"),
-        "model_overrides": cfg.get("model_overrides", {}),
-        "data": cfg.get("data"),
-        "data_dir": cfg.get("data_dir") or None,
-        "config": cfg,
-    }
-    info.update(extra)
-    return info
-
-
-def _resolve_source(source: str | os.PathLike) -> tuple[Path, str]:
-    path = Path(source)
-    if path.is_dir():
-        for cand, kind in (
-            (path / "model.safetensors", "safetensors"),
-            (path / "checkpoints" / "last.pt", "checkpoint"),
-        ):
-            if cand.is_file():
-                return cand, kind
-        raise FileNotFoundError(
-            f"{path} is not a finished or checkpointed run directory "
-            "(no model.safetensors or checkpoints/last.pt)"
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"no run directory, checkpoint or weights file at {path}")
-    if path.suffix == ".safetensors":
-        return path, "safetensors"
-    if path.suffix in (".pt", ".pth", ".ckpt"):
-        return path, "checkpoint"
-    raise ValueError(
-        f"{path}: expected a run directory, a checkpoint (.pt) or a weights file (.safetensors)"
-    )
-
-
-def load_model(source: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a run directory, a checkpoint or a safetensors file.
-
-    Returns ``(model.eval(), info)``; ``info`` has ``model``, ``num_classes``, ``image_size``,
-    ``data``, ``mean``, ``std``, ``model_overrides``, ``source`` and, when known, ``config``
-    (the run's :class:`~sknet.train.TrainConfig` as a dict). Weights converted from timm by
-    ``sknet convert`` carry no training metadata: they are taken as ImageNet models (native
-    size, ImageNet mean/std) unless they have fewer input pixels than 128.
-    """
-    from sknet.models import create_model, get_entry
-
-    path, kind = _resolve_source(source)
-    if kind == "checkpoint":
-        from sknet.train.checkpoint import load_checkpoint
-
-        ck = load_checkpoint(path)
-        meta = ck["meta"]
-        model = create_model(
-            meta["model"],
-            num_classes=int(meta["num_classes"]),
-            in_chans=int(meta.get("in_chans", 3)),
-            **meta.get("model_overrides", {}),
-        )
-        model.load_state_dict(ck["model"])
-        info = _info_from_config(ck.get("config", {}), dict(meta))
-    else:
-        from sknet.weights import load_weights, read_metadata
-
-        meta = read_metadata(path)
-        model = load_weights(path)
-        cfg = json.loads(meta["sknet_train_config"]) if "sknet_train_config" in meta else {}
-        extra: dict[str, Any] = {
-            "model": meta.get("sknet_model"),
-            "num_classes": int(model.num_classes),
-            "model_overrides": json.loads(meta.get("model_overrides", "{}")),
-        }
-        if "sknet_image_size" in meta:
-            extra["image_size"] = int(meta["sknet_image_size"])
-        if "sknet_data" in meta:
-            extra["data"] = meta["sknet_data"]
-        if "sknet_mean" in meta:
-            extra["mean"] = tuple(json.loads(meta["sknet_mean"]))
-            extra["std"] = tuple(json.loads(meta["sknet_std"]))
-        info = _info_from_config(cfg, extra)
-        if not cfg:
-            info["config"] = None
-    entry = get_entry(info["model"])
-    info.setdefault("image_size", entry.input_size)
-    if not info.get("data"):
-        # Foreign weights (e.g. converted from timm): ImageNet models by their native size.
-        info["data"] = "imagefolder" if entry.input_size >= 128 else None
-    if "mean" not in info:
-        from sknet.data import IMAGENET_MEAN, IMAGENET_STD, normalization
-
-        if info["data"]:
-            kind = {"imagefolder": "imagenet"}.get(info["data"], info["data"])
-            info["mean"], info["std"] = normalization(kind)
-        else:
-            info["mean"], info["std"] = IMAGENET_MEAN, IMAGENET_STD
-    info["mean"] = tuple(float(x) for x in info["mean"])
-    info["std"] = tuple(float(x) for x in info["std"])
-    info["num_classes"] = int(model.num_classes)
-    info["source"] = str(path)
-    info["source_kind"] = kind
-    return model.eval(), info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +193,14 @@ def _evaluate_source(
     progress: bool,
 ) -> dict[str, Any]:
     from sknet.data import eval_resize_size
+    from sknet.loading import load
     from sknet.train.distributed import resolve_device
     from sknet.train.pipeline import eval_loader, make_eval_dataset
 
-    model, info = load_model(source)
+    model, record = load(source)
+    info = record.info()
     cfg = info.get("config") or {}
-    data = data or info.get("data")
+    data = data or info.get("data") or ("imagefolder" if record.preprocess.resize else None)
     if not data:
         raise ValueError(
             f"{source}: the weights do not say which data they were trained on; pass --data"
@@ -321,8 +227,12 @@ def _evaluate_source(
     channels_last = dev.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    mean = info["mean"] if same_data else None
-    std = info["std"] if same_data else None
+    # The weights' own preprocessing applies to their own kind of data (foreign ImageNet
+    # weights carry no data name: theirs is imagefolder).
+    own_pre = same_data or (info.get("data") is None and data == "imagefolder")
+    mean = info["mean"] if own_pre else None
+    std = info["std"] if own_pre else None
+    channel_order = record.preprocess.channel_order if own_pre else "RGB"
     n_val = val_samples or int(cfg.get("val_samples", 2000))
     results = []
     for size in sizes:
@@ -336,9 +246,11 @@ def _evaluate_source(
             seed=int(cfg.get("seed", 0)),
             scale_range=tuple(cfg.get("scale_range", (0.15, 0.9))),
             max_bad=int(cfg.get("max_bad", 50)),
+            channel_order=channel_order,
         )
+        _match_classes(ds, record, data, data_dir)
         if ds.num_classes != model.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"the model has {model.num_classes} classes but {data} has {ds.num_classes}"
             )
         loader = eval_loader(ds, batch_size, 0, 1, workers, dev)
@@ -370,3 +282,21 @@ def _evaluate_source(
             for r in results
         ],
     }
+
+
+def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> None:
+    """Match the evaluation folder's classes to the model's by name (imagefolder data)."""
+    if data != "imagefolder":
+        return
+    from sknet.data import align_classes
+
+    if record.classes is None:
+        log.warning(
+            "%s records no class names: labels of %s/val are assumed to follow the model's "
+            "class order (sorted folder names), which cannot be checked",
+            record.source,
+            data_dir,
+        )
+        return
+    align_classes(ds.base, list(record.classes), f"{data_dir}/val")
+    ds.num_classes = int(ds.base.num_classes)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sknet.errors import ConfigError
 from sknet.train.config import TrainConfig
 
 __all__ = [
@@ -159,6 +160,7 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     kind: str  # transform kind: synthetic | cifar10 | cifar100 | imagenet
+    classes: tuple[str, ...] | None = None  # class names in label order
 
 
 def _stats(cfg_data: str) -> tuple[str, tuple[Any, Any]]:
@@ -181,6 +183,7 @@ def make_eval_dataset(
     max_bad: int = 50,
     split: str = "val",
     cache: bool = False,
+    channel_order: str = "RGB",
 ) -> SeededTransformDataset:
     """The validation split of ``data`` with the evaluation transform at ``image_size``.
 
@@ -209,7 +212,15 @@ def make_eval_dataset(
     if data == "synthetic" and cache:
         base = _maybe_cache(base, image_size)
     tf = eval_transform(kind, image_size if data != "synthetic" else None, mean=mean, std=std)
+    if channel_order == "BGR":  # Caffe weights: flip before Normalize (mean/std are BGR)
+        tf.transforms.insert(len(tf.transforms) - 1, _to_bgr)
+    elif channel_order != "RGB":
+        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     return SeededTransformDataset(base, tf)
+
+
+def _to_bgr(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-3)
 
 
 # The most recently rendered synthetic splits, so that repeated in-process runs (ablations) do
@@ -284,12 +295,25 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         max_bad=cfg.max_bad,
         cache=cfg.cache_data,
     )
+    classes = tuple(str(c) for c in getattr(base, "classes", None) or ())
+    if cfg.data == "imagefolder":
+        from sknet.data import align_classes
+
+        if len(classes) < 2:
+            raise ConfigError(
+                f"{cfg.data_dir}/train has {len(classes)} class folder "
+                f"({', '.join(classes)}): a classifier needs at least 2 classes"
+            )
+        align_classes(val.base, classes, f"{cfg.data_dir}/val")
+        val.num_classes = int(val.base.num_classes)
     if val.num_classes != train.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"train and val splits disagree on the number of classes "
             f"({train.num_classes} vs {val.num_classes}); check the class folders"
         )
-    return DataBundle(train, val, train.num_classes, size, tuple(mean), tuple(std), kind)
+    return DataBundle(
+        train, val, train.num_classes, size, tuple(mean), tuple(std), kind, classes or None
+    )
 
 
 def _worker_init(worker_id: int) -> None:

@@ -49,6 +49,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sknet._files import RunLock, atomic_write_text
+from sknet.errors import RunDirError
 from sknet.train.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -229,11 +231,15 @@ def _tensorboard(log_dir: Path, purge_step: int | None) -> Any:
 def _model_meta(cfg: TrainConfig, model: nn.Module, data: DataBundle) -> dict[str, Any]:
     from sknet.train.config import _plain
 
+    from sknet.weights import arch_config_of
+
     return {
         "model": cfg.model,
         "num_classes": int(model.num_classes),
         "in_chans": int(model.in_chans),
         "model_overrides": _plain(dict(cfg.model_overrides)),
+        "arch": arch_config_of(model),
+        "classes": list(data.classes) if data.classes else None,
         "image_size": int(data.image_size),
         "data": cfg.data,
         "mean": [float(x) for x in data.mean],
@@ -257,6 +263,24 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise ValueError(
             f"{run_dir} already holds a run ({', '.join(taken)}); resume it with --resume "
             f"{run_dir} or choose another --out"
+        )
+
+
+def _refuse_results_without_checkpoint(run_dir: Path) -> None:
+    """A run that has results but no ``last.pt`` must not silently restart over them."""
+    results = [
+        p
+        for p in ("model.safetensors", "summary.json", "checkpoints/best.pt")
+        if (run_dir / p).exists()
+    ]
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file() and len(metrics.read_text(encoding="utf-8").splitlines()) > 1:
+        results.append("metrics.csv")
+    if results:
+        raise RunDirError(
+            f"cannot resume {run_dir}: it holds results ({', '.join(results)}) but no "
+            "checkpoints/last.pt, so resuming would retrain from scratch over them; restore "
+            "the checkpoint, or start a new run with another --out"
         )
 
 
@@ -316,6 +340,7 @@ class _Run:
         self.bad_files: list[str] = []
         self._bad_set: set[str] = set()
         self.tb: Any = None
+        self.provenance: dict[str, Any] = {}  # where the initial weights came from
 
     # -------------------------------------------------------------- helpers
 
@@ -370,6 +395,7 @@ class _Run:
                 stale.unlink(missing_ok=True)
             last = self.ckpt_dir / "last.pt"
             if not last.is_file():
+                _refuse_results_without_checkpoint(run_dir)
                 log.info("no checkpoint in %s yet: starting from scratch", run_dir)
                 return None
             state = load_checkpoint(last)
@@ -564,9 +590,15 @@ class _Run:
             finite = torch.tensor(float(_all_finite(model)), device=device)
             all_reduce_sum(finite, dist)
             if int(finite.item()) != dist.world_size:
+                last = self.ckpt_dir / "last.pt"
+                kept = (
+                    f"the last good checkpoint {last} is kept"
+                    if last.is_file()
+                    else "no checkpoint was written yet"
+                )
                 raise NonFiniteLossError(
                     f"the weights became non-finite (epoch {epoch + 1}, step {global_step}); "
-                    f"stopped without overwriting the last good checkpoint in {self.ckpt_dir}"
+                    f"stopped, {kept}; lower --lr"
                 )
             state = checkpoint_state(pos_epoch, pos_step)
             if state is not None:
@@ -755,7 +787,7 @@ class _Run:
                 "train_acc": train_stats["acc"],
                 "val_loss": val_now.get("loss", ""),
                 "val_top1_err": val_now.get("top1_err", ""),
-                "val_top5_err": val_now.get("top5_err", ""),
+                "val_top5_err": "" if val_now.get("top5_err") is None else val_now["top5_err"],
                 "val_acc": val_now.get("top1_acc", ""),
                 "epoch_seconds": epoch_seconds,
                 "img_per_s": ips_epoch,
@@ -770,7 +802,8 @@ class _Run:
                     self.tb.add_scalar("train/acc", train_stats["acc"], epoch)
                     if val_now:
                         self.tb.add_scalar("val/top1_err", val_now["top1_err"], epoch)
-                        self.tb.add_scalar("val/top5_err", val_now["top5_err"], epoch)
+                        if val_now["top5_err"] is not None:
+                            self.tb.add_scalar("val/top5_err", val_now["top5_err"], epoch)
                         self.tb.add_scalar("val/loss", val_now["loss"], epoch)
                     self.tb.flush()
                 log.info(
@@ -780,8 +813,8 @@ class _Run:
                     cfg.epochs,
                     train_stats["loss"],
                     train_stats["acc"],
-                    f"{val_now['top1_err']:.2f}%" if val_now else "-",
-                    f"{val_now['top5_err']:.2f}%" if val_now else "-",
+                    _pct(val_now["top1_err"]) if val_now else "-",
+                    _pct(val_now["top5_err"]) if val_now else "-",
                     ips_epoch,
                     epoch_seconds,
                 )
@@ -797,6 +830,7 @@ class _Run:
             "data": cfg.data,
             "image_size": data.image_size,
             "num_classes": num_classes,
+            "classes": list(data.classes) if data.classes else None,
             "params": int(cx.params),
             "macs": int(cx.macs),
             "epochs_done": epoch,
@@ -860,7 +894,8 @@ class _Run:
     def _write_final(
         self, model: nn.Module, cfg: TrainConfig, meta: dict[str, Any], summary: dict[str, Any]
     ) -> None:
-        from sknet.weights import atomic_save, save_weights
+        from sknet.loading import default_preprocess
+        from sknet.weights import save_weights
 
         extra = {
             "sknet_image_size": str(meta["image_size"]),
@@ -874,10 +909,14 @@ class _Run:
             self.run_dir / "model.safetensors",
             name=cfg.model,
             overrides=dict(cfg.model_overrides),
+            classes=meta["classes"],
+            preprocess=default_preprocess(
+                meta["image_size"], cfg.data, meta["mean"], meta["std"]
+            ).to_dict(),
+            provenance={"trained_in": str(self.run_dir), **self.provenance},
             extra=extra,
         )
-        text = json.dumps(summary, indent=2)
-        atomic_save(lambda tmp: Path(tmp).write_text(text + "\n"), self.run_dir / "summary.json")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         lines = [
             f"run        {summary['run_dir']}",
             f"model      {summary['model']} ({summary['params']:,} params, "
@@ -895,7 +934,7 @@ class _Run:
         if summary["bad_images"]:
             lines.append(f"skipped    {summary['bad_images']} unreadable image(s)")
         body = "\n".join(lines) + "\n"
-        atomic_save(lambda tmp: Path(tmp).write_text(body), self.run_dir / "summary.txt")
+        atomic_write_text(self.run_dir / "summary.txt", body)
         if self.tb is not None:
             self.tb.close()
             self.tb = None
@@ -903,7 +942,8 @@ class _Run:
 
 
 def _pct(v: Any) -> str:
-    return f"{v:.2f}%" if isinstance(v, (int, float)) else "-"
+    """A percentage for logs; None is "n/a" (e.g. top-5 with 5 classes or fewer)."""
+    return f"{v:.2f}%" if isinstance(v, (int, float)) else "n/a"
 
 
 def _amp_factory(amp: str, device: torch.device) -> Any:
@@ -948,18 +988,55 @@ def train(
     cfg = apply_overrides(cfg, {}, source="config")  # re-validate
     run_dir = Path(run_dir)
     dist = setup_distributed(cfg.device)
+    lock = RunLock(run_dir)
+    existed = run_dir.exists()
     try:
-        _on_main(lambda: _check_run_dir(run_dir, resume), dist)
+        # Rank 0 holds an exclusive lock on the run directory for the whole run, taken before
+        # the directory is checked, so that two processes can never write one run.
+        _on_main(lambda: _lock_and_check(lock, run_dir, resume, existed), dist)
         with _engine_state(cfg, dist.device):
-            if dist.is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
             log_path = run_dir / "train.log" if dist.is_main else None
-            with _run_log(log_path):
-                r = _Run(cfg, run_dir, dist, progress)
-                try:
-                    return r.run(resume)
-                finally:
-                    if r.tb is not None:
-                        r.tb.close()
+            try:
+                with _run_log(log_path):
+                    r = _Run(cfg, run_dir, dist, progress)
+                    try:
+                        return r.run(resume)
+                    finally:
+                        if r.tb is not None:
+                            r.tb.close()
+            except BaseException:
+                if dist.is_main and not resume:
+                    _remove_failed_start(run_dir, existed)
+                raise
     finally:
+        lock.release()
         cleanup_distributed(dist)
+
+
+def _lock_and_check(lock: RunLock, run_dir: Path, resume: bool, existed: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+    if resume and not existed:
+        raise FileNotFoundError(
+            f"cannot resume: {run_dir} is not a run directory (it does not exist)"
+        )
+    lock.acquire()
+    try:
+        _check_run_dir(run_dir, resume)
+    except BaseException:
+        lock.release()
+        if not resume:
+            _remove_failed_start(run_dir, existed)
+        raise
+
+
+def _remove_failed_start(run_dir: Path, existed: bool) -> None:
+    """After a run failed before writing its config, leave no half-made run directory behind
+    (only its log and lock file would be in it)."""
+    if (run_dir / "config.toml").exists():
+        return
+    for name in ("train.log", ".lock"):
+        (run_dir / name).unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only when empty
