@@ -209,6 +209,55 @@ def test_markdown_table_without_results() -> None:
     assert "| a | d | 1.000M | 2.00M | - | - | 0/1 |" in markdown_table(doc)
 
 
+def test_plot_shows_the_settings_used_chance_and_no_negative_errors(tmp_path: Path) -> None:
+    from sknet.analysis.ablate import plot_table, plot_title
+
+    row = {"description": "d", "params": 1e6, "macs": 2e6, "top1_err_std": 0.5}
+    doc = {
+        "title": "Table 7",
+        "preset": "demo",
+        "base_model": "sknet_tiny",
+        "seeds": [0, 1],
+        "settings": {"epochs": 3, "num_samples": 600},
+        "num_classes": 10,
+        "rows": [
+            {**row, "name": "a", "top1_err_mean": 0.4, "top1_errs": [0.1, 0.7]},
+            {**row, "name": "b", "top1_err_mean": 2.0, "top1_errs": [1.8, 2.2]},
+        ],
+    }
+    title = plot_title(doc)
+    assert "preset demo with epochs=3, num_samples=600" in title
+    import matplotlib.figure
+
+    captured: list[Any] = []
+    orig = matplotlib.figure.Figure.savefig
+
+    def spy(self, *a, **k):
+        captured.append(self)
+        return orig(self, *a, **k)
+
+    matplotlib.figure.Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        paths = plot_table(doc, tmp_path)
+    finally:
+        matplotlib.figure.Figure.savefig = orig  # type: ignore[method-assign]
+    assert all(p.stat().st_size > 0 for p in paths)
+    ax = captured[0].axes[0]
+    assert ax.get_xlim()[0] >= 0.0
+    assert "chance level 90% (off the scale)" in ax.get_xlabel()
+    # results near chance: the chance level is drawn as a line
+    doc["rows"][1] = {**doc["rows"][1], "top1_err_mean": 85.0, "top1_errs": [84.0, 86.0]}
+    captured.clear()
+    matplotlib.figure.Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        plot_table(doc, tmp_path)
+    finally:
+        matplotlib.figure.Figure.savefig = orig  # type: ignore[method-assign]
+    ax = captured[0].axes[0]
+    assert any(abs(line.get_xdata()[0] - 90.0) < 1e-9 for line in ax.get_lines()), "chance line"
+    assert ax.get_xlim()[0] >= 0.0 and ax.get_xlim()[1] <= 100.0
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------

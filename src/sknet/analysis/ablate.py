@@ -355,6 +355,18 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_title(doc: dict[str, Any]) -> str:
+    """The plot's title: the experiment and the settings every run actually used (the preset
+    with the sweep's overrides), so a figure never claims a plain preset it did not run."""
+    settings = doc.get("settings") or {}
+    used = ", ".join(f"{k}={v}" for k, v in settings.items())
+    preset = f"preset {doc.get('preset')}" + (f" with {used}" if used else "")
+    return (
+        f"{doc.get('title', '')}\n({preset}; base {doc.get('base_model')}, "
+        f"{len(doc.get('seeds', []))} seed(s))"
+    )
+
+
 def plot_table(doc: dict[str, Any], out_dir: Path, stem: str = "table") -> list[Path]:
     """Top-1 error per row: mean (diamond) with +-std whiskers and single seeds; PNG and SVG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -382,14 +394,30 @@ def plot_table(doc: dict[str, Any], out_dir: Path, stem: str = "table") -> list[
             )
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
     ax.set_xlabel("top-1 error (%) on the validation split; dots: single seeds")
-    ax.set_title(
-        f"{doc.get('title', '')}\n(preset {doc.get('preset')}, base "
-        f"{doc.get('base_model')}, {len(doc.get('seeds', []))} seed(s))",
-        fontsize=9,
-    )
+    ax.set_title(plot_title(doc), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.margins(x=0.35)  # room for the centred labels
+    lo, hi = ax.get_xlim()
+    lo, hi = max(0.0, lo), min(100.0, hi) if hi > 0 else 100.0  # errors live in [0, 100]
+    num_classes = doc.get("num_classes")
+    if isinstance(num_classes, int) and num_classes > 1:
+        chance = 100.0 * (1.0 - 1.0 / num_classes)
+        if chance <= 1.5 * hi:  # near the results: draw it
+            hi = max(hi, min(100.0, chance * 1.05))
+            ax.axvline(chance, color="#C44E52", ls="--", lw=1)
+            ax.annotate(
+                f"chance ({chance:.0f}%)",
+                (chance, len(rows) - 0.4),
+                ha="right",
+                va="top",
+                fontsize=7,
+                color="#C44E52",
+                rotation=90,
+            )
+        else:  # far off the scale: say it rather than squash the results
+            ax.set_xlabel(f"{ax.get_xlabel()}; chance level {chance:.0f}% (off the scale)")
+    ax.set_xlim(lo, hi)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
