@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sknet.cli import DATA_CHOICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet ablate baselines --preset imagenet --data imagefolder \\\n"
             "      --data-dir /data/imagenet --out runs/table2"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "experiment",
@@ -59,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="training seeds; one run per row and seed (default 0)",
     )
-    p.add_argument("--data", default=None, help="dataset, as in 'sknet train' (default: preset's)")
+    p.add_argument(
+        "--data", default=None, choices=DATA_CHOICES, help="dataset (default: the preset's)"
+    )
     p.add_argument("--data-dir", default=None, metavar="DIR", help="root folder of real data")
     p.add_argument(
         "--set",

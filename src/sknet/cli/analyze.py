@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-_DATA_CHOICES = ("synthetic", "imagefolder", "cifar10", "cifar100")
+from sknet.cli import DATA_CHOICES, DEVICE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet analyze sknet50.safetensors --data imagefolder --data-dir /data/imagenet \\\n"
             "      --num-images 1000 --out analysis/sknet50"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "source",
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument(
         "--data",
-        choices=_DATA_CHOICES,
+        choices=DATA_CHOICES,
         default=None,
         help="dataset (default: the one the run was trained on, else synthetic)",
     )
@@ -54,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="root of real data (imagefolder: DIR/val/<class>/<image>)",
     )
-    p.add_argument("--split", default="val", help="split to probe (default val)")
+    p.add_argument("--split", default="val", choices=("val", "train"), help="split to probe")
     p.add_argument(
         "--zooms",
         type=float,
@@ -110,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--threads",
         type=int,
@@ -152,23 +151,34 @@ def _get(info: dict[str, Any], *keys: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sknet.analysis import build_views, run_analysis
-
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    from sknet.train.distributed import resolve_device
+
+    args.device = str(resolve_device(args.device))
     model, info = _load(args.source)
     if not args.no_deploy:
         import sknet
 
         model = sknet.deploy(model.to(args.device))
-    # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's.
+    # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's;
+    # restored afterwards so that an in-process call leaves torch as it found it.
     threads = args.threads or _get(info, "threads") or None
+    saved_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        return _analyze(args, model, info)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _analyze(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
+    from sknet.analysis import build_views, run_analysis
 
     run_data = _get(info, "data")
     data = args.data or run_data or "synthetic"

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sknet.cli import AMP_CHOICES, DATA_CHOICES, DEVICE_HELP, examples
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,21 +22,30 @@ def register(sub: argparse._SubParsersAction) -> None:
             "protocol): 224 and 320 for ImageNet-style data, the native size for synthetic and "
             "CIFAR data. Prints a table and writes JSON (default: RUN_DIR/eval.json)."
         ),
+        epilog=examples(
+            "sknet eval runs/demo",
+            "sknet eval sknet50.safetensors --data imagefolder --data-dir /data/imagenet "
+            "--out eval.json",
+        ),
     )
     p.add_argument("source", metavar="SOURCE", help="run directory, checkpoint .pt or .safetensors")
-    p.add_argument("--data", default=None, help="synthetic | cifar10 | cifar100 | imagefolder")
+    p.add_argument(
+        "--data", default=None, choices=DATA_CHOICES, help="dataset (default: the run's)"
+    )
     p.add_argument("--data-dir", default=None, help="folder of the data (default: the run's)")
     p.add_argument(
         "--sizes", type=int, nargs="+", default=None, metavar="N", help="evaluation sizes"
     )
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--val-samples", type=int, default=None, help="synthetic val images (default: the run's)"
     )
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    p.add_argument(
+        "--amp", default="none", choices=AMP_CHOICES, help="autocast precision of the forward"
+    )
     p.add_argument(
         "--out",
         default=None,

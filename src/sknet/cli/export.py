@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sknet.cli import examples
 from sknet.errors import ConfigError
 
 
@@ -15,9 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export SOURCE (a model name for a randomly initialised model, a .safetensors "
         "weights file, a checkpoint or a run directory) with BatchNorm folded (sknet.deploy). "
         "The written file is loaded back and compared with PyTorch at batch sizes 1 and 3.",
+        epilog=examples(
+            "sknet export runs/demo --out sknet_tiny.onnx",
+            "sknet export sknet50.safetensors --format pt2 --out sknet50.pt2 --input-size 224",
+        ),
     )
     p.add_argument("source", help="model name, weights file (.safetensors), checkpoint or run dir")
-    p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --out")
+    p.add_argument(
+        "--format", choices=["onnx", "pt2"], default=None, help="file format (default: from --out)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL.FORMAT)")
     p.add_argument(
         "--input-size", type=int, default=None, help="H = W of the graph (default: native)"

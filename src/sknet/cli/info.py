@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 
+from sknet.cli import examples
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="parameters and MACs of a model (torch's FLOP counter), with the paper's figures",
-        description="Count parameters and multiply-accumulates (the paper's 'GFLOPs').",
+        description="Count parameters and multiply-accumulates (the paper's 'GFLOPs'), on "
+        "the meta device (no memory for activations, any input size).",
+        epilog=examples(
+            "sknet info sknet50",
+            "sknet info 'sk*' --input-size 320",
+            "sknet info '*' --markdown > models.md",
+        ),
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="model names or wildcards (sk*)")
-    p.add_argument("--input-size", type=int, default=None, help="square input side")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier width")
+    p.add_argument(
+        "--input-size", type=int, default=None, help="square input side (default: native)"
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier width (default: the paper's)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (one object per model)")
     p.add_argument(
         "--markdown", action="store_true", help="print a markdown table with the paper's figures"

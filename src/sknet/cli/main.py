@@ -25,6 +25,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from sknet.cli import HelpFormatter
+
 # The sub-command modules, in the order `sknet --help` lists them.
 COMMANDS: tuple[str, ...] = (
     "info",
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"sknet.cli.{name}").register(sub)
+    for command in sub.choices.values():  # one help layout for every command
+        command.formatter_class = HelpFormatter
     return parser
 
 
