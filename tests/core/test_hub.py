@@ -578,3 +578,46 @@ def test_load_pretrained_from_an_official_caffemodel(tmp_path: Path) -> None:
     assert record.model_overrides == {"stem_pool": "ceil"}
     assert record.provenance["converted_from"] == "caffe"
     assert record.provenance["preprocess_confirmed"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# The other converters through the same path: timm skresnet18 (Hub), torchvision (plain URL)
+# ----------------------------------------------------------------------------------------------
+def test_skresnet18_from_the_hub(env: Path, server: HubServer) -> None:
+    if "skresnet18" not in sknet.list_models():
+        pytest.skip("the skresnet18 registry model is not there yet")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(1)
+    ref = timm.create_model("skresnet18", pretrained=False)
+    _randomise_bn(ref)
+    path = server.hub_path("timm/skresnet18.ra_in1k", "model.safetensors")
+    server.files[path] = (_safetensors_bytes(ref.state_dict()), None)
+    model, record = hub.load_pretrained("skresnet18", progress=False)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - ref.eval()(x)).abs().max().item() <= 1e-4
+    assert record.source == "skresnet18.ra_in1k" and record.num_classes == 1000
+
+
+def test_torchvision_weights_from_a_url(
+    env: Path, server: HubServer, registry: dict[str, PretrainedCfg]
+) -> None:
+    from torchvision.models import resnext50_32x4d
+
+    torch.manual_seed(2)
+    ref = resnext50_32x4d()
+    _randomise_bn(ref)
+    body = _torch_bytes(ref.state_dict())
+    real = get_pretrained_cfg("resnext50_32x4d.tv2_in1k")
+    server.files["/tv/" + real.file_name] = (body, None)
+    local = dataclasses.replace(
+        real, url=f"{server.url}/tv/{real.file_name}", sha256=hashlib.sha256(body).hexdigest()
+    )
+    hub.register_pretrained(local, overwrite=True)
+    model, record = hub.load_pretrained("resnext50_32x4d.tv2_in1k", progress=False)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - ref.eval()(x)).abs().max().item() <= 1e-4
+    assert record.provenance["converted_from"] == "torchvision"
+    assert (record.preprocess.resize, record.preprocess.interpolation) == (232, "bilinear")
+    assert record.provenance["license"] == "bsd-3-clause"
