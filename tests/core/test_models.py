@@ -34,6 +34,8 @@ RECORDED_PARAMS_50 = {
     "sk_resnext_50_32x4d": 27328210,
     "sk_shufflenetv2_x0_5": 504682,
     "sk_shufflenetv2_x1_0": 1569290,
+    "skresnet18": 11470706,
+    "skresnet34": 21795026,
     "sknet101": 46740210,
     "sknet26": 14799858,
     "sknet29": 28297394,
