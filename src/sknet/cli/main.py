@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "convert",
     "train",
     "eval",
+    "predict",
     "analyze",
     "ablate",
     "bench",

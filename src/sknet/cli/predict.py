@@ -1,0 +1,259 @@
+"""``sknet predict``: classify image files with a trained model, optionally explained.
+
+Prints a table (up to :data:`TABLE_MAX` images; a progress bar for more when ``--out`` is
+given), writes one row per image to ``--out`` (CSV, JSON or JSONL, chosen by the suffix),
+and with ``--explain DIR`` one PNG per image of what every SK unit selected. Files that cannot
+be read are reported (row with the reason, and on stderr) and skipped: the exit status is 1 when
+any image failed, after the others have been predicted and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sknet.cli import DEVICE_HELP, examples
+
+#: Up to this many images the results are printed as a table without a progress bar.
+TABLE_MAX = 20
+
+OUT_SUFFIXES = (".csv", ".json", ".jsonl")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images (files, folders, globs), optionally with SK attention figures",
+        description=(
+            "Classify image files with a trained model, using the weights' own preprocessing "
+            "and class names. INPUT may be files, folders (searched recursively for images) "
+            "and glob patterns. Unreadable files are reported and skipped; the exit status is "
+            "1 if any image failed. --explain writes, per image, a figure of the mean attention "
+            "of every SK unit on each branch."
+        ),
+        epilog=examples(
+            "sknet predict runs/demo shapes/",
+            "sknet predict runs/demo 'photos/**/*.jpg' --topk 3 --out predictions.csv",
+            "sknet predict sknet50.ra_in1k cat.jpg --explain explain/ --out cat.json",
+        ),
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="run directory, checkpoint .pt, .safetensors file or registry name[.tag]",
+    )
+    p.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image files, folders or glob patterns"
+    )
+    p.add_argument("--topk", type=int, default=5, help="classes listed per image")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the predictions to FILE.csv, FILE.json or FILE.jsonl",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--explain",
+        default=None,
+        metavar="DIR",
+        help="write one PNG per image of the SK units' mean attention per branch into DIR "
+        "(and the numbers into --out)",
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--force", action="store_true", help="replace existing --out and --explain files"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sknet
+    from sknet._files import atomic_write_text, check_output
+    from sknet.loading import resolve_source
+    from sknet.predict import expand_inputs, explain_names, predict, save_explanation
+    from sknet.train.distributed import resolve_device
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be positive, got {args.topk}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)  # an unknown device is an error before any work
+    files = expand_inputs(args.inputs)
+
+    # Output checks before any work: never the source, existing files only with --force.
+    src = Path(args.source).expanduser()
+    sources: list[Path] = []
+    protected: list[Path] = []
+    if src.exists():
+        sources.append(resolve_source(src)[0] if src.is_dir() else src)
+        if src.is_dir():
+            protected.append(src)
+    out = None
+    if args.out:
+        out = check_output(
+            args.out,
+            sources=sources,
+            protected_dirs=protected,
+            force=args.force,
+            suffixes=OUT_SUFFIXES,
+            what="--out",
+        )
+    figures: dict[str, Path] = {}
+    if args.explain:
+        folder = Path(args.explain).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--explain {folder} is a file; give a folder")
+        for f, name in zip(files, explain_names([str(f) for f in files])):
+            figures[str(f)] = check_output(
+                folder / name,
+                sources=sources,
+                protected_dirs=protected,
+                force=args.force,
+                suffixes=(".png",),
+                what="--explain",
+            )
+
+    model, record = sknet.load(args.source)
+    many = len(files) > TABLE_MAX
+    bar = None
+    if many:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        results = predict(
+            (model, record),
+            files,
+            topk=args.topk,
+            batch_size=args.batch_size,
+            explain=bool(args.explain),
+            device=device,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+    written = 0
+    for r in results:
+        if r.ok and r.path in figures:
+            save_explanation(r, r.path, figures[r.path], record.preprocess)
+            written += 1
+
+    if out is not None:
+        atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
+    failed = [r for r in results if not r.ok]
+    print(
+        f"{record.name} ({record.num_classes} classes, {record.preprocess.input_size}px) "
+        f"from {record.source}"
+    )
+    if not many or out is None:
+        print(format_table(results))
+    else:
+        print(f"predicted {len(results) - len(failed)} of {len(results)} images")
+    if out is not None:
+        print(f"wrote {out}")
+    if args.explain:
+        print(f"wrote {written} figure(s) to {args.explain}")
+    if failed:
+        print(f"sknet predict: {len(failed)} of {len(results)} image(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.path}: {r.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------- output
+
+
+def _display_paths(paths: list[str]) -> tuple[str | None, list[str]]:
+    """The folder all ``paths`` share, and each path relative to it (for the table)."""
+    import os
+
+    try:
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:  # different drives
+        return None, paths
+    return common, [os.path.relpath(os.path.abspath(p), common) for p in paths]
+
+
+def format_table(results: list[Any]) -> str:
+    """A plain-text table: one line per image (its path relative to the folder the images
+    share, named in the first line) with its top-k labels and probabilities."""
+    k = max((len(r.labels) for r in results), default=1)
+    folder, paths = _display_paths([r.path for r in results])
+    pw = max([len("image"), *map(len, paths)])
+    cells = [[f"{lab} {s:6.1%}" for lab, s in zip(r.labels, r.scores)] for r in results]
+    cw = max([8, *(len(c) for row in cells for c in row)])
+    header = f"{'image':<{pw}}  " + "  ".join(f"{f'top-{i + 1}':<{cw}}" for i in range(k))
+    lines = [f"images in {folder}:"] if folder else []
+    lines.append(header.rstrip())
+    for r, p, row in zip(results, paths, cells):
+        text = "  ".join(f"{c:<{cw}}" for c in row) if r.ok else f"error: {r.error}"
+        lines.append(f"{p:<{pw}}  {text}".rstrip())
+    return "\n".join(lines)
+
+
+def _attention_columns(results: list[Any]) -> list[tuple[str, str]]:
+    cols: dict[tuple[str, str], None] = {}
+    for r in results:
+        for unit, branches in (r.attention or {}).items():
+            for b in branches:
+                cols[(unit, b)] = None
+    return list(cols)
+
+
+def format_results(results: list[Any], suffix: str, record: Any, topk: int) -> str:
+    """The text of the ``--out`` file: ``.csv`` (one row per image, top-k label/score pairs,
+    the error, and with attention one column per unit and branch), ``.jsonl`` (one prediction
+    object per line) or ``.json`` (the model, its preprocessing and all predictions)."""
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+    if suffix == ".json":
+        doc = {
+            "format": "sknet-predict/1",
+            "model": record.name,
+            "source": record.source,
+            "num_classes": record.num_classes,
+            "preprocess": record.preprocess.to_dict(),
+            "topk": min(topk, record.num_classes),
+            "num_images": len(results),
+            "num_failed": sum(1 for r in results if not r.ok),
+            "predictions": [r.to_dict() for r in results],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    if suffix != ".csv":
+        raise ValueError(f"unknown output format {suffix!r}; expected one of {OUT_SUFFIXES}")
+    k = min(topk, record.num_classes)
+    att_cols = _attention_columns(results)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["path", "status"]
+    for i in range(1, k + 1):
+        head += [f"label_{i}", f"score_{i}"]
+    head += ["error", *(f"{u} {b}" for u, b in att_cols)]
+    w.writerow(head)
+    for r in results:
+        row: list[Any] = [r.path, "ok" if r.ok else "error"]
+        for i in range(k):
+            if i < len(r.labels):
+                row += [r.labels[i], f"{r.scores[i]:.6f}"]
+            else:
+                row += ["", ""]
+        row.append(r.error or "")
+        for u, b in att_cols:
+            v = (r.attention or {}).get(u, {}).get(b)
+            row.append("" if v is None else f"{v:.6f}")
+        w.writerow(row)
+    return buf.getvalue()
