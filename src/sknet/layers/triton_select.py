@@ -47,6 +47,7 @@ __all__ = [
     "fused_epilogue_enabled",
     "fused_pool",
     "fused_select",
+    "kernels_run_on",
     "set_fused_epilogue",
     "triton_available",
 ]
@@ -79,6 +80,12 @@ def triton_available() -> bool:
 
 def fused_epilogue_enabled() -> bool:
     return _ENABLED
+
+
+def kernels_run_on(device: torch.device | str) -> bool:
+    """True if the kernels (not the torch fallback) run for tensors on ``device``: CUDA with
+    Triton, or the CPU under ``TRITON_INTERPRET=1``."""
+    return _usable(torch.empty(1, 1, 1, 1, device=device))
 
 
 def set_fused_epilogue(enabled: bool) -> bool:
