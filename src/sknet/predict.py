@@ -551,12 +551,27 @@ def _safe(text: str) -> str:
 # ----------------------------------------------------------------------------------- figures
 
 
+def _with_field(name: str) -> str:
+    """``"3x3 D2"`` -> ``"3x3 D2 (5x5 field)"``: the effective kernel a reader compares."""
+    from sknet.layers.sk import BranchSpec
+
+    try:
+        spec = BranchSpec.parse(name.split(" #")[0])
+    except ValueError:
+        return name
+    e = spec.effective_size
+    return name if spec.dilation == 1 else f"{name} ({e}x{e} field)"
+
+
 def _legend_labels(attention: dict[str, dict[str, float]], m: int) -> list[str]:
     labels = []
     for i in range(m):
         names = [list(v)[i] for v in attention.values() if len(v) > i]
         distinct = list(dict.fromkeys(names))
-        labels.append(distinct[0] if len(distinct) == 1 else " / ".join(distinct[:3]))
+        if len(distinct) == 1:
+            labels.append(_with_field(distinct[0]))
+        else:  # e.g. a dilated last stage (output_stride 16): the names change with the stage
+            labels.append(" / ".join(distinct[:3]))
     return labels
 
 
@@ -646,10 +661,10 @@ def save_explanation(
         title_fontsize=7,
     )
     tops = ", ".join(
-        f"{lab} {s:.0%}" for lab, s in zip(prediction.labels[1:3], prediction.scores[1:3])
+        f"{lab} {s:.1%}" for lab, s in zip(prediction.labels[1:3], prediction.scores[1:3])
     )
     head = title or os.path.basename(prediction.path)
-    text = f"{head}: {prediction.labels[0]} ({prediction.scores[0]:.0%})"
+    text = f"{head}: {prediction.labels[0]} ({prediction.scores[0]:.1%})"
     fig.suptitle(text + (f"   next: {tops}" if tops else ""), fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.86, bottom=0.2 if len(units) > 6 else 0.1, top=0.82)
     return atomic_save(lambda tmp: fig.savefig(tmp, format="png"), out)

@@ -18,12 +18,16 @@ from torchvision import transforms as T
 
 import sknet
 from sknet.cli.main import main
+from sknet.data import load_image
+from sknet.loading import Preprocess, load
 from sknet.predict import (
     Prediction,
+    branch_names,
     expand_inputs,
     explain_names,
     predict,
     preprocess_transform,
+    save_explanation,
 )
 from sknet.weights import save_weights
 
@@ -131,7 +135,7 @@ def test_predict_reports_bad_files_and_classifies_the_rest(setup) -> None:
 def test_predict_uses_the_recorded_preprocessing(setup) -> None:
     """Probabilities equal a hand-written forward: resize None -> input_size square, then
     ToTensor and the recorded mean/std; BGR weights flip the channels before normalising."""
-    model, record = sknet.load(setup["weights"])
+    model, record = load(setup["weights"])
     path = setup["imgs"] / "rgb.png"  # 60 x 40: resized (not cropped) to 48 x 48
     img = Image.open(path).convert("RGB")
     x = T.Normalize(PRE["mean"], PRE["std"])(T.ToTensor()(img.resize((48, 48), Image.BILINEAR)))
@@ -141,7 +145,7 @@ def test_predict_uses_the_recorded_preprocessing(setup) -> None:
     got = torch.tensor(r.scores)[torch.argsort(torch.tensor(r.indices))]
     torch.testing.assert_close(got, want, atol=2e-3, rtol=0)  # PIL vs torchvision resampling
 
-    bgr = sknet.Preprocess(
+    bgr = Preprocess(
         input_size=40, resize=44, mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1), channel_order="BGR"
     )
     xb = T.Compose([T.Resize(44), T.CenterCrop(40), T.ToTensor()])(img).flip(0)
@@ -155,7 +159,7 @@ def test_predict_uses_the_recorded_preprocessing(setup) -> None:
 
 def test_predict_converts_odd_modes_and_enlarges_tiny_images(setup) -> None:
     imgs = setup["imgs"]
-    model, record = sknet.load(setup["weights"])
+    model, record = load(setup["weights"])
     res = predict(
         (model, record),
         [
@@ -177,13 +181,11 @@ def test_predict_converts_odd_modes_and_enlarges_tiny_images(setup) -> None:
 
 
 def test_explain_gives_each_units_mean_attention_from_the_same_pass(setup) -> None:
-    model, record = sknet.load(setup["weights"])
+    model, record = load(setup["weights"])
     paths = [setup["imgs"] / "rgb.png", setup["imgs"] / "gray.png"]
     res = predict((model, record), paths, explain=True, topk=1)
     units = list(sknet.sk_units(model))
-    x = torch.stack(
-        [preprocess_transform(record.preprocess)(sknet.data.load_image(p)) for p in paths]
-    )
+    x = torch.stack([preprocess_transform(record.preprocess)(load_image(p)) for p in paths])
     with torch.no_grad(), sknet.capture_attention(model) as att:
         model(x)
     for i, r in enumerate(res):
@@ -208,7 +210,20 @@ def test_predict_bad_arguments_are_clear_errors(setup) -> None:
         predict(baseline, setup["imgs"] / "rgb.png", explain=True)
     with pytest.raises(TypeError, match="expected a model"):
         predict(3, setup["imgs"])
-    assert Prediction("x", error="bad").label is None
+    failed = Prediction("x", error="bad")
+    assert failed.label is None
+    with pytest.raises(ValueError, match="no attention to draw"):
+        save_explanation(
+            failed, setup["imgs"] / "rgb.png", setup["root"] / "x.png", Preprocess(input_size=48)
+        )
+    assert not (setup["root"] / "x.png").exists()
+
+
+def test_branch_names_follow_the_specs_and_the_stage_dilation() -> None:
+    unit = sknet.SKConv(64, branches=("3x3", "3x3 D2", "5x5 G16", "3x3"))
+    assert branch_names(unit) == ["3x3 D1", "3x3 D2", "5x5 D1 G16", "3x3 D1 #2"]
+    unit.dilation = 2  # a dilated stage (output stride 16): every branch's dilation doubles
+    assert branch_names(unit)[:2] == ["3x3 D2", "3x3 D4"]
 
 
 # ------------------------------------------------------------------------------- command

@@ -73,9 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sknet
     from sknet._files import atomic_write_text, check_output
-    from sknet.loading import resolve_source
+    from sknet.loading import load, resolve_source
     from sknet.predict import expand_inputs, explain_names, predict, save_explanation
     from sknet.train.distributed import resolve_device
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 what="--explain",
             )
 
-    model, record = sknet.load(args.source)
+    model, record = load(args.source)
     many = len(files) > TABLE_MAX
     bar = None
     if many:
@@ -194,7 +193,7 @@ def format_table(results: list[Any]) -> str:
     k = max((len(r.labels) for r in results), default=1)
     folder, paths = _display_paths([r.path for r in results])
     pw = max([len("image"), *map(len, paths)])
-    cells = [[f"{lab} {s:6.1%}" for lab, s in zip(r.labels, r.scores)] for r in results]
+    cells = [[f"{lab} {s:.1%}" for lab, s in zip(r.labels, r.scores)] for r in results]
     cw = max([8, *(len(c) for row in cells for c in row)])
     header = f"{'image':<{pw}}  " + "  ".join(f"{f'top-{i + 1}':<{cw}}" for i in range(k))
     lines = [f"images in {folder}:"] if folder else []
