@@ -1,6 +1,15 @@
 """Building blocks: the Selective Kernel convolution and the SE gate (torch only)."""
 
+from sknet.layers.norm import FrozenBatchNorm2d, freeze_batchnorm
 from sknet.layers.se import SEModule
 from sknet.layers.sk import BranchSpec, SKAttention, SKConv, resolve_branches
 
-__all__ = ["BranchSpec", "SEModule", "SKAttention", "SKConv", "resolve_branches"]
+__all__ = [
+    "BranchSpec",
+    "FrozenBatchNorm2d",
+    "SEModule",
+    "SKAttention",
+    "SKConv",
+    "freeze_batchnorm",
+    "resolve_branches",
+]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sknet.layers.norm import FrozenBatchNorm2d
 from sknet.layers.sk import SKAttention, SKConv, _Branch, strided_dilation_shortcut
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 _FAST_KERNELS = True
+_FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)  # eval-mode BN maths, foldable
 _MKLDNN = torch.backends.mkldnn.is_available()
 
 
@@ -68,7 +70,7 @@ def _portable() -> bool:
 
 
 def fold_bn(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | FrozenBatchNorm2d
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm into the preceding convolution: ``(weight', bias')``.
 
@@ -138,7 +140,7 @@ class FusedConv2d(nn.Module):
             raise TypeError(f"cannot fuse {conv!r}: a zero-padded nn.Conv2d is required")
         if isinstance(conv.padding, str):
             raise TypeError(f"cannot fuse {conv!r}: string padding is not supported")
-        if isinstance(bn, nn.BatchNorm2d):
+        if isinstance(bn, _FOLDABLE_NORMS):
             w, b = fold_bn(conv.weight, conv.bias, bn)
         elif bn is None or isinstance(bn, nn.Identity):
             w, b = conv.weight, conv.bias
@@ -265,10 +267,12 @@ class FusedSKAttention(nn.Module):
     @classmethod
     def from_attention(cls, attn: SKAttention) -> FusedSKAttention:
         w = attn.fc_reduce.weight
-        if isinstance(attn.bn, nn.BatchNorm2d):
+        if isinstance(attn.bn, _FOLDABLE_NORMS):
             w, b = fold_bn(w, None, attn.bn)
-        else:
+        elif isinstance(attn.bn, nn.Identity):
             b = None
+        else:
+            raise TypeError(f"cannot fold {type(attn.bn).__name__} in an SK attention path")
         return cls(
             w.flatten(1), b, attn.fc_select.weight.flatten(1), attn.num_branches, attn.attention
         )
@@ -276,7 +280,8 @@ class FusedSKAttention(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         # s: (N, C, 1, 1) -> (N, M, C') soft-maxed over M
         z = torch.relu(F.linear(s.flatten(1), self.w_reduce, self.b_reduce))
-        logits = F.linear(z, self.w_select).view(s.shape[0], self.num_branches, -1)
+        width = self.w_select.shape[0] // self.num_branches  # explicit: empty batches work
+        logits = F.linear(z, self.w_select).view(s.shape[0], self.num_branches, width)
         return logits.softmax(dim=1)
 
 
@@ -305,6 +310,7 @@ class FusedSKConv(SKConv):
             "unit_name",
         ):
             setattr(new, attr, getattr(sk, attr))
+        new.dilation = getattr(sk, "dilation", 1)
         new.last_attention = None
         branches = []
         for b in sk.branches:

@@ -7,11 +7,12 @@ import difflib
 import fnmatch
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sknet.models._base import SKNetModel
+from sknet.models._features import FeatureNet
 
 __all__ = ["ModelEntry", "PaperFigures", "create_model", "get_entry", "list_models", "register"]
 
@@ -128,8 +129,17 @@ def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
 
 
 def create_model(
-    name: str, *, num_classes: int | None = None, in_chans: int = 3, **overrides: Any
-) -> SKNetModel:
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    output_stride: int | None = None,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+    **overrides: Any,
+) -> SKNetModel | FeatureNet:
     """Build a registered model.
 
     Args:
@@ -137,10 +147,29 @@ def create_model(
         num_classes: classifier width (default: 1000 for ImageNet models, 100 for CIFAR ones,
             the paper's setting); 0 gives a model without classifier.
         in_chans: input channels.
+        features_only: return a :class:`~sknet.models.FeatureNet` backbone whose forward gives
+            the list of feature maps named by ``out_indices`` (timm's convention).
+        out_indices: feature levels for ``features_only`` (see ``feature_info``: 0 is the stem
+            at stride 2, then one per stage); default one per stage, e.g. ``(1, 2, 3, 4)``.
+        output_stride: 8, 16 or 32 (ResNeXt family): the last stages dilate instead of
+            striding, for dense prediction.
+        frozen_stages: -1 freezes nothing, 0 the stem, n the stem and the first n stages
+            (``requires_grad=False``, eval mode in ``train()``).
+        norm_eval: keep every BatchNorm in eval mode in ``train()``.
         **overrides: fields of the family's config dataclass (e.g. ``sk_branches=(3, 5, 7)``);
             an unknown field or a value of the wrong type raises ``TypeError`` naming it.
     """
     entry = get_entry(name)
+    if output_stride is not None:
+        if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+        if any(f.name == "output_stride" for f in dataclasses.fields(entry.config)):
+            overrides["output_stride"] = output_stride
+        elif output_stride != 32:
+            raise ValueError(
+                f"output_stride={output_stride} needs a ResNeXt-family model; {name} "
+                f"({entry.family}) supports only output_stride=32"
+            )
     if num_classes is None:
         num_classes = entry.paper_num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
@@ -151,4 +180,12 @@ def create_model(
     model = entry.builder(config, num_classes=num_classes, in_chans=in_chans)
     model.model_name = name  # type: ignore[assignment]
     model.model_config = config  # type: ignore[assignment]  # the resolved architecture
+    if frozen_stages != -1:
+        model.set_frozen_stages(frozen_stages)
+    if norm_eval:
+        model.set_norm_eval(True)
+    if features_only:
+        return FeatureNet(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices applies to features_only=True models only")
     return model

@@ -64,8 +64,8 @@ class ShuffleNetV2Config:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    # written without reading the shape into Python ints: traceable by torch.fx
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 def _dw(c: int, stride: int, cfg: ShuffleNetV2Config, kind: UnitKind) -> nn.Module:
@@ -134,7 +134,14 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(SKNetModel):
-    """Generic ShuffleNetV2: stem, stages of :class:`ShuffleUnit`, 1x1 conv, pooled head."""
+    """Generic ShuffleNetV2: stem, stages of :class:`ShuffleUnit`, 1x1 conv, pooled head.
+
+    Feature levels: the stem before (stride 2) and after (4) its max-pool, the three stages
+    (8, 16, 32) and the last 1x1 convolution (``conv_last``, 32); ``features_only`` returns
+    levels 1-4 by default. No ``output_stride`` other than 32.
+    """
+
+    _tail = ("conv_last",)
 
     def __init__(
         self, cfg: ShuffleNetV2Config, *, num_classes: int = 1000, in_chans: int = 3
@@ -155,7 +162,11 @@ class ShuffleNetV2(SKNetModel):
             )
         )
         reduction = 4
-        self.feature_info = [{"num_chs": c0, "reduction": reduction, "module": "stem"}]
+        # levels 0 and 1: the stem before and after its max-pool (timm's convention)
+        self.feature_info = [
+            {"num_chs": c0, "reduction": 2, "module": "stem.act"},
+            {"num_chs": c0, "reduction": reduction, "module": "stem.pool"},
+        ]
         cin = c0
         stages = []
         for i, (reps, cout) in enumerate(zip(cfg.stage_repeats, cfg.stage_out[1:-1])):
@@ -194,3 +205,6 @@ class ShuffleNetV2(SKNetModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_last(self.stages(self.stem(x)))
+
+    def default_out_indices(self) -> tuple[int, ...]:
+        return (1, 2, 3, 4)  # strides 4, 8, 16, 32 (conv_last repeats stride 32)
