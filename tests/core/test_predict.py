@@ -372,3 +372,8 @@ def test_cli_run_directory_source_and_protected_files(setup, tmp_path, capsys) -
     (ex / "gray.png").write_bytes(b"old")
     err = _one_line_error(capsys, run, setup["imgs"] / "gray.png", "--explain", ex)
     assert "already exists" in err and (ex / "gray.png").read_bytes() == b"old"
+    # figures named like the images, written into the images' folder: never over an input
+    shutil.copy(setup["imgs"] / "gray.png", ex / "gray.png")
+    err = _one_line_error(capsys, run, ex / "gray.png", "--explain", ex, "--force")
+    assert "would overwrite an input image" in err
+    assert (ex / "gray.png").read_bytes() == (setup["imgs"] / "gray.png").read_bytes()

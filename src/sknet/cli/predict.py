@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sknet._files import atomic_write_text, check_output
+    from sknet.errors import OutputError
     from sknet.loading import load, resolve_source
     from sknet.predict import expand_inputs, explain_names, predict, save_explanation
     from sknet.train.distributed import resolve_device
@@ -108,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.explain).expanduser()
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--explain {folder} is a file; give a folder")
+        inputs = {os.path.realpath(f) for f in files}
         for f, name in zip(files, explain_names([str(f) for f in files])):
+            if os.path.realpath(folder / name) in inputs:
+                raise OutputError(
+                    f"--explain {folder / name} would overwrite an input image (even with "
+                    "--force): choose another folder"
+                )
             figures[str(f)] = check_output(
                 folder / name,
                 sources=sources,
@@ -144,11 +152,15 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
+    todo = [r for r in results if r.ok and r.path in figures]
+    if many and todo:
+        from tqdm import tqdm
+
+        todo = tqdm(todo, unit="fig", desc="explain", file=sys.stderr, disable=None)
     written = 0
-    for r in results:
-        if r.ok and r.path in figures:
-            save_explanation(r, r.path, figures[r.path], record.preprocess)
-            written += 1
+    for r in todo:
+        save_explanation(r, r.path, figures[r.path], record.preprocess)
+        written += 1
 
     if out is not None:
         atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
@@ -178,8 +190,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _display_paths(paths: list[str]) -> tuple[str | None, list[str]]:
     """The folder all ``paths`` share, and each path relative to it (for the table)."""
-    import os
-
     try:
         common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     except ValueError:  # different drives
