@@ -203,10 +203,13 @@ def _kernels() -> tuple[Any, Any, Any]:
     (by a test) still selects Triton's interpreter."""
     key = _interpreting()
     if key not in _COMPILED:
+        # No specialisation on the sizes and strides (divisibility by 16, == 1): one compile
+        # per kernel and dtype instead of one per layer shape of the network.
+        sizes = ["hw", "c", "s_n", "s_c", "s_hw"]
         _COMPILED[key] = (
-            triton.jit(_pool_kernel),
-            triton.jit(_select_fwd_kernel),
-            triton.jit(_select_bwd_kernel),
+            triton.jit(_pool_kernel, do_not_specialize=sizes),
+            triton.jit(_select_fwd_kernel, do_not_specialize=sizes),
+            triton.jit(_select_bwd_kernel, do_not_specialize=sizes),
         )
     return _COMPILED[key]
 
