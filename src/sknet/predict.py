@@ -667,4 +667,8 @@ def save_explanation(
     text = f"{head}: {prediction.labels[0]} ({prediction.scores[0]:.1%})"
     fig.suptitle(text + (f"   next: {tops}" if tops else ""), fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.86, bottom=0.2 if len(units) > 6 else 0.1, top=0.82)
-    return atomic_save(lambda tmp: fig.savefig(tmp, format="png"), out)
+
+    def write(tmp: str) -> None:  # "tight": the legend beside the bars is never cut off
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
+
+    return atomic_save(write, out)
