@@ -103,6 +103,26 @@ def test_forward_intermediates_follows_timm() -> None:
         model.forward_intermediates(x, output_fmt="NHWC")
 
 
+def test_deployed_models_keep_their_feature_levels() -> None:
+    """sknet.deploy fuses the tiny model's conv-BN-ReLU stem into one module: the stem level
+    (``stem.act``) is then that module's output."""
+    torch.manual_seed(0)
+    model = sknet.create_model("sknet_tiny").eval()
+    _randomize_bn(model)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        want = model.forward_intermediates(x, intermediates_only=True)
+        fast = sknet.deploy(model, memory_format="contiguous")
+        got = fast.forward_intermediates(x, intermediates_only=True)
+        got_body = sknet.deploy(sknet.FeatureNet(model, (0, 3)), memory_format="contiguous")(x)
+    assert not isinstance(fast.stem, nn.Sequential)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got_body[0], want[0], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got_body[1], want[3], atol=1e-5, rtol=1e-4)
+
+
 def test_feature_extractor_returns_the_same_tensors_as_features_only() -> None:
     torch.manual_seed(0)
     model = sknet.create_model("sknet26", num_classes=0).eval()

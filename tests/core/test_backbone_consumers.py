@@ -148,13 +148,13 @@ def test_frozen_sk_backbone_trains_a_detector_at_batch_one() -> None:
 def test_deeplabv3_head_on_sknet50(output_stride: int) -> None:
     torch.manual_seed(0)
     model = deeplabv3_sknet(num_classes=4, output_stride=output_stride)
-    x = torch.randn(2, 3, 64, 64)
-    masks = torch.randint(0, 4, (2, 64, 64))
+    x = torch.randn(2, 3, 48, 48)
+    masks = torch.randint(0, 4, (2, 48, 48))
     model.train()
     features = model.backbone(x)["out"]
-    assert features.shape == (2, 2048, 64 // output_stride, 64 // output_stride)
+    assert features.shape == (2, 2048, 48 // output_stride, 48 // output_stride)
     out = model(x)["out"]
-    assert out.shape == (2, 4, 64, 64)  # at input resolution
+    assert out.shape == (2, 4, 48, 48)  # at input resolution
     loss = F.cross_entropy(out, masks)
     assert torch.isfinite(loss)
     loss.backward()
@@ -163,7 +163,7 @@ def test_deeplabv3_head_on_sknet50(output_stride: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     opt.step()
     with torch.no_grad():
-        assert model.eval()(x)["out"].shape == (2, 4, 64, 64)
+        assert model.eval()(x)["out"].shape == (2, 4, 48, 48)
 
 
 @pytest.mark.slow  # the dynamo-based exporter takes several seconds even for a tiny model

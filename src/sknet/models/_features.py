@@ -104,9 +104,9 @@ class FeatureNet(StagedNet):
         self.in_chans = model.in_chans
         self.default_input_size = model.default_input_size
         self.min_input_size = int(model.feature_info[take[-1]]["reduction"])
-        self._taps = tuple(model.tap_path(model.feature_info[i]["module"]) for i in take)
+        taps = [model.tap_path(model.feature_info[i]["module"]) for i in take]
         paths = [p for p, _ in model.feature_steps()]
-        needed = paths[: paths.index(self._taps[-1]) + 1]
+        needed = paths[: paths.index(taps[-1]) + 1]
         self.stem = model.stem
         self.stages = nn.Sequential(
             *list(model.stages)[: sum(p.startswith("stages.") for p in needed)]
@@ -121,10 +121,12 @@ class FeatureNet(StagedNet):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(x)
         out: list[torch.Tensor] = []
-        last = self._taps[-1]
+        # resolved at each call: sknet.deploy may fuse the tapped modules into their parents
+        taps = [self.tap_path(m) for m in self.feature_info.module_name()]
+        last = taps[-1]
         for path, module in self.feature_steps():
             x = module(x)
-            if path in self._taps:
+            if path in taps:
                 out.append(x)
             if path == last:
                 break

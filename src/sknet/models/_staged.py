@@ -108,21 +108,28 @@ class StagedNet(nn.Module):
 
     def feature_steps(self) -> list[tuple[str, nn.Module]]:
         """The forward pass up to the features as ``(module path, module)`` steps in order."""
-        steps = [(f"stem.{n}", m) for n, m in self.stem.named_children()]
+        if isinstance(self.stem, nn.Sequential) and len(self.stem) > 0:
+            steps = [(f"stem.{n}", m) for n, m in self.stem.named_children()]
+        else:  # e.g. sknet.deploy turned a conv-BN-ReLU stem into one fused convolution
+            steps = [("stem", self.stem)]
         steps += [(f"stages.{i}", m) for i, m in enumerate(self.stages)]
         steps += [(n, getattr(self, n)) for n in self._tail if hasattr(self, n)]
         return steps
 
     def tap_path(self, module: str) -> str:
-        """The :meth:`feature_steps` path whose output is the output of ``module`` (a
-        container such as ``"stem"`` maps to its last step)."""
+        """The :meth:`feature_steps` path whose output is the output of ``module``: a container
+        such as ``"stem"`` maps to its last step; a module fused into its parent (``"stem.act"``
+        after :func:`sknet.deploy`) to the parent."""
         paths = [p for p, _ in self.feature_steps()]
-        if module in paths:
-            return module
-        inside = [p for p in paths if p.startswith(module + ".")]
-        if not inside:
-            raise ValueError(f"{module!r} is not a module on the feature path ({paths})")
-        return inside[-1]
+        inside = [p for p in paths if p == module or p.startswith(module + ".")]
+        if inside:
+            return inside[-1]
+        parent = module.rpartition(".")[0]
+        while parent:
+            if parent in paths:
+                return parent
+            parent = parent.rpartition(".")[0]
+        raise ValueError(f"{module!r} is not a module on the feature path ({paths})")
 
     def _frozen_parts(self, n: int) -> list[nn.Module]:
         return [self.stem, *list(self.stages)[:n]] if n >= 0 else []
