@@ -29,8 +29,8 @@ from typing import Any
 from torch import nn
 
 from sknet._files import atomic_save
+from sknet._util import jsonable
 from sknet.errors import ConfigError
-from sknet.layers.sk import BranchSpec
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -43,17 +43,6 @@ __all__ = [
 
 WEIGHTS_FORMAT = "sknet-weights"
 WEIGHTS_FORMAT_VERSION = 2
-
-
-def jsonable(v: Any) -> Any:
-    """Config values as JSON: branch specs as their text, tuples as lists."""
-    if isinstance(v, BranchSpec):
-        return v.describe()
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    return v
 
 
 def arch_config_of(model: nn.Module) -> dict[str, Any] | None:

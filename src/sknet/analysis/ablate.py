@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sknet._util import jsonable
+
 __all__ = [
     "EXPERIMENTS",
     "AblationRow",
@@ -284,20 +286,6 @@ def experiment_rows(name: str, base: str) -> list[AblationRow]:
 # --------------------------------------------------------------------------------------------
 
 
-def _jsonable(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _jsonable(dataclasses.asdict(v))
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
-
-
 def _atomic_write(path: Path, text: str) -> None:
     from sknet.weights import atomic_save
 
@@ -510,7 +498,7 @@ def run_ablation(
         "preset": preset,
         "base_model": base,
         "seeds": seeds,
-        "settings": _jsonable(settings),
+        "settings": jsonable(settings),
         "input_size": image_size,
         "num_classes": num_classes,
         "note": _NOTES.get(exp.name, ""),
@@ -552,7 +540,7 @@ def run_ablation(
             "fingerprint": _fingerprint(cfg),
             "row": row.name,
             "seed": seed,
-            "summary": _jsonable(summary),
+            "summary": jsonable(summary),
         }
         _atomic_write(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
         say(f"{row.name} seed {seed}: top-1 error {_top1_err(record['summary']):.2f}%")
@@ -684,7 +672,7 @@ def _train_worker(
         from sknet.train import TrainConfig, train
 
         cfg = TrainConfig.from_dict(cfg_dict, source="ablation worker")
-        summary = _jsonable(train(cfg, run_dir=run_dir, resume=resume, progress=False))
+        summary = jsonable(train(cfg, run_dir=run_dir, resume=resume, progress=False))
     except Exception as exc:  # reported to the parent, which stops the sweep
         messages.put((job, False, f"{type(exc).__name__}: {exc}"))
         return
@@ -748,10 +736,10 @@ _NOT_FINGERPRINTED = {
 
 
 def _fingerprint(cfg: Any) -> dict[str, Any]:
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else _jsonable(cfg)
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else jsonable(cfg)
     if isinstance(d, dict):
-        return {k: _jsonable(v) for k, v in d.items() if k not in _NOT_FINGERPRINTED}
-    return {"config": _jsonable(d)}
+        return {k: jsonable(v) for k, v in d.items() if k not in _NOT_FINGERPRINTED}
+    return {"config": jsonable(d)}
 
 
 def _read_record(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
@@ -792,7 +780,7 @@ def _row_doc(row: AblationRow, cplx: dict[str, int], runs: list[dict[str, Any]])
         "paper": row.paper,
         "description": row.description,
         "model": row.model,
-        "overrides": _jsonable(row.overrides_text()),
+        "overrides": jsonable(row.overrides_text()),
         "params": cplx["params"],
         "macs": cplx["macs"],
         "top1_err_mean": mean,

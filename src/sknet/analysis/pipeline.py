@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from sknet._util import DEFAULT_SCALE_RANGE
 from sknet.analysis.attention import (
     AttentionResult,
     PhotoZoomSet,
@@ -60,7 +61,7 @@ def build_views(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     seed: int = 0,
-    train_scale_range: tuple[float, float] | None = (0.15, 0.9),
+    train_scale_range: tuple[float, float] | None = DEFAULT_SCALE_RANGE,
     selection: str = "in-range",
     crop_ratio: float = 0.875,
 ) -> Views:
@@ -91,7 +92,7 @@ def build_views(
     if data == "synthetic":
         from sknet.data import SyntheticShapes
 
-        lo, hi = train_scale_range if train_scale_range is not None else (0.15, 0.9)
+        lo, hi = train_scale_range if train_scale_range is not None else DEFAULT_SCALE_RANGE
         pool = SyntheticShapes(
             num_samples=max(num_images * _SYNTHETIC_POOL_FACTOR, 1000),
             image_size=48 if image_size is None else int(image_size),

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sknet._util import autocast, resolve_device
+
 __all__ = [
     "DEFAULT_GROUPS",
     "DEFAULT_MODELS",
@@ -191,14 +193,7 @@ class BenchConfig:
     share_weights: bool = True
 
     def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
-        return device
+        return resolve_device(self.device)
 
     def validate(self, device: torch.device) -> None:
         """Check every field; fills in the device-dependent defaults."""
@@ -296,14 +291,6 @@ def variant_model(
 
 
 # ----------------------------------------------------------------------------- steps
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast to ``dtype`` (``"bf16"``/``"fp16"``) on ``device``; ``"fp32"``: no autocast."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return torch.autocast(device.type, dtype=dt)
 
 
 def make_inputs(
