@@ -527,13 +527,17 @@ def _compare(
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    """fp32 as fp32 (no TF32), and no cuDNN autotuning (every dtype and mode of a check would
+    be tuned once, for a handful of passes)."""
+    cudnn = torch.backends.cudnn
+    prev = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    cudnn.allow_tf32 = False
+    cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = prev
 
 
 def section_correctness(ctx: Ctx, out: dict[str, Any], deadline: float) -> None:
