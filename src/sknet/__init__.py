@@ -7,8 +7,12 @@
 
 from sknet.complexity import Complexity, complexity
 from sknet.deploy import deploy
-from sknet.layers import BranchSpec, SEModule, SKConv
+from sknet.errors import SKNetError
+from sknet.hub import list_pretrained
+from sknet.layers import BranchSpec, FrozenBatchNorm2d, SEModule, SKConv, freeze_batchnorm
+from sknet.loading import ModelRecord, Preprocess, load
 from sknet.models import (
+    FeatureNet,
     SKNetModel,
     attention_of,
     capture_attention,
@@ -17,14 +21,21 @@ from sknet.models import (
     list_models,
     sk_units,
 )
+from sknet.predict import Prediction, predict  # the function shadows the module name (as intended)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BranchSpec",
     "Complexity",
+    "FeatureNet",
+    "FrozenBatchNorm2d",
+    "ModelRecord",
+    "Prediction",
+    "Preprocess",
     "SEModule",
     "SKConv",
+    "SKNetError",
     "SKNetModel",
     "__version__",
     "attention_of",
@@ -32,7 +43,11 @@ __all__ = [
     "complexity",
     "create_model",
     "deploy",
+    "freeze_batchnorm",
     "get_entry",
     "list_models",
+    "list_pretrained",
+    "load",
+    "predict",
     "sk_units",
 ]

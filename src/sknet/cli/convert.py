@@ -1,4 +1,5 @@
-"""``sknet convert --from timm SRC DST``: timm weights to a self-describing safetensors file."""
+"""``sknet convert --from timm|torchvision|caffe SRC DST``: other implementations' weights to a
+self-describing safetensors file."""
 
 from __future__ import annotations
 
@@ -9,51 +10,40 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert timm (or torchvision) ResNeXt/SENet/SKNet weights to sknet safetensors",
-        description="Map timm's skresnext50_32x4d / resnext50_32x4d / seresnext50_32x4d "
-        "weights (.pth/.pt/.bin via torch.load(weights_only=True), or .safetensors) onto "
-        "sknet50 / resnext50_32x4d / senet50.",
+        help="convert timm, torchvision or official Caffe SKNet weights to sknet safetensors",
+        description="Map timm's skresnext50_32x4d / skresnet18 / skresnet34 / resnext50_32x4d "
+        "/ seresnext50_32x4d / resnext101_32x4d weights and torchvision's resnext50_32x4d "
+        "(.pth/.pt/.bin via torch.load(weights_only=True), or .safetensors) onto sknet50 / "
+        "skresnet18 / skresnet34 / resnext50_32x4d / senet50 / resnext101_32x4d, and the "
+        "official Caffe release (SKNet-50.caffemodel, SKNet-101.caffemodel) onto sknet50 / "
+        "sknet101 with Caffe's stem pooling and preprocessing recorded.",
     )
-    p.add_argument("src", type=Path, help="timm state dict file")
+    p.add_argument("src", type=Path, help="source weights file (state dict or .caffemodel)")
     p.add_argument("dst", type=Path, help="output .safetensors file")
-    p.add_argument("--from", dest="source", choices=["timm"], default="timm")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["timm", "torchvision", "caffe"],
+        default=None,
+        help="layout of SRC (default: caffe for a .caffemodel, else timm)",
+    )
     p.add_argument("--model", default=None, help="sknet model name (guessed from the keys)")
+    p.add_argument("--force", action="store_true", help="replace an existing DST file")
     p.set_defaults(func=run)
 
 
-def _read_state_dict(path: Path) -> dict:
-    import torch
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch state dict: {exc}") from exc
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
-
-
 def run(args: argparse.Namespace) -> int:
-    from sknet.convert import guess_timm_model, load_timm
+    from sknet._files import check_output
+    from sknet.convert import convert_file
     from sknet.weights import save_weights
 
-    if args.dst.suffix != ".safetensors":
-        raise ValueError(f"destination must end in .safetensors, got {args.dst}")
-    state = _read_state_dict(args.src)
-    name = args.model or guess_timm_model(state)
-    model = load_timm(state, name)
-    save_weights(model, args.dst, name=name, extra={"converted_from": f"timm:{args.src.name}"})
+    check_output(
+        args.dst, sources=[args.src], force=args.force, suffixes=(".safetensors",), what="DST"
+    )
+    source = args.source or ("caffe" if args.src.suffix == ".caffemodel" else "timm")
+    conv = convert_file(args.src, source, args.model)
+    model, name = conv.model, conv.name
+    save_weights(model, args.dst, name=name, overrides=conv.overrides, extra=conv.metadata)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.dst} ({name}, {n:,} parameters, {model.num_classes} classes)")
     return 0

@@ -36,13 +36,15 @@ forward pass computes anyway, so it costs no extra computation.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sknet.layers._tracing import is_fx_tracing
 
 __all__ = [
     "BranchSpec",
@@ -57,6 +59,10 @@ _SPEC_RE = re.compile(r"(\d+)\s*x\s*(\d+)(?:\s*[Dd]\s*(\d+))?(?:\s*[Gg]\s*(\d+))
 AttentionKind = Literal["channel", "shared"]
 AggregationKind = Literal["attention", "sum"]
 KernelMode = Literal["dilated", "full"]
+
+# Optional replacement of the Fuse/Select step, ``hook(sk_conv, feats) -> output or None`` (None:
+# not applicable, run the torch code). Set only by sknet.layers.triton_select's switch (off).
+_EPILOGUE_HOOK: Callable[[nn.Module, list[torch.Tensor]], torch.Tensor | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,15 +178,26 @@ class SKAttention(nn.Module):
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         # s: (N, C, 1, 1) -> logits (N, M*C', 1, 1) -> (N, M, C')
-        if self.training and s.shape[0] == 1 and isinstance(self.bn, nn.BatchNorm2d):
+        bn = self.bn
+        if (
+            isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and bn.training
+            and not is_fx_tracing()
+            and s.shape[0] == 1
+        ):
             raise ValueError(
                 "SKConv in training mode needs a per-device batch of at least 2: the BatchNorm "
                 "in its attention path normalises one value per channel per sample, which is "
-                "undefined for a batch of 1. Use a larger batch, model.eval(), or freeze the "
-                "attention BN (module.attn.bn.eval())."
+                "undefined for a batch of 1. Use a larger batch or model.eval(); build with "
+                "attn_norm=False; or keep that BN in eval mode (module.attn.bn.eval(), "
+                "create_model(..., norm_eval=True)) or frozen (sknet.freeze_batchnorm(model)). "
+                "Detectors and segmenters train at 1-2 images per GPU: use "
+                "sknet.freeze_batchnorm or norm_eval=True there."
             )
         z = self.act(self.bn(self.fc_reduce(s)))
-        logits = self.fc_select(z).view(s.shape[0], self.num_branches, -1)
+        width = self.channels if self.attention == "channel" else 1
+        # explicit sizes (no -1): an empty batch gives an empty (0, M, C') result
+        logits = self.fc_select(z).view(s.shape[0], self.num_branches, width)
         return logits.softmax(dim=1)
 
 
@@ -195,6 +212,9 @@ class SKConv(nn.Module):
         kernel_mode: how int sizes are realised, ``"dilated"`` (paper) or ``"full"``.
         groups: G, default groups for every branch (a ``BranchSpec`` may override it).
         stride: stride of every branch.
+        dilation: a multiplier on every branch's own dilation, padding keeping sizes (dense
+            prediction at output stride 8/16: with ``dilation=2`` the 3x3 D1 / D2 branches
+            become D2 / D4). Not in the paper, which only classifies.
         reduction: r in d = max(C / r, L).
         min_attn_dim: L in d = max(C / r, L).
         attn_dim: explicit d, overrides r and L (official SKNet-101 uses d = 16 in stage 4).
@@ -215,6 +235,7 @@ class SKConv(nn.Module):
         kernel_mode: KernelMode = "dilated",
         groups: int = 32,
         stride: int = 1,
+        dilation: int = 1,
         reduction: int = 16,
         min_attn_dim: int = 32,
         attn_dim: int | None = None,
@@ -232,6 +253,8 @@ class SKConv(nn.Module):
             raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
+        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+            raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
         if reduction < 1:
             raise ValueError(f"reduction r must be >= 1, got {reduction}")
         if aggregation not in ("attention", "sum"):
@@ -249,6 +272,7 @@ class SKConv(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
+        self.dilation = dilation
         self.split_input = split_input
         self.aggregation = aggregation
         self.specs = specs
@@ -260,7 +284,9 @@ class SKConv(nn.Module):
                     f"branch {spec.describe()} with groups={g}: input channels ({branch_in}) and "
                     f"output channels ({out_channels}) must both be divisible by groups"
                 )
-            self.branches.append(_Branch(branch_in, out_channels, spec, g, stride, branch_norm))
+            self.branches.append(
+                _Branch(branch_in, out_channels, spec, g, stride, branch_norm, dilation)
+            )
         if aggregation == "attention":
             d = attn_dim if attn_dim is not None else max(out_channels // reduction, min_attn_dim)
             self.attn_dim = d
@@ -280,9 +306,13 @@ class SKConv(nn.Module):
 
     def extra_repr(self) -> str:
         kinds = ", ".join(s.describe() for s in self.specs)
-        return f"branches=[{kinds}], d={self.attn_dim}, aggregation={self.aggregation}"
+        dil = getattr(self, "dilation", 1)
+        extra = f", dilation x{dil}" if dil != 1 else ""
+        return f"branches=[{kinds}]{extra}, d={self.attn_dim}, aggregation={self.aggregation}"
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if is_fx_tracing():  # a Proxy has no concrete shape; eager calls keep the checks
+            return
         if x.dim() != 4:
             raise ValueError(f"SKConv expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
@@ -292,7 +322,7 @@ class SKConv(nn.Module):
         """The Split step: the M branch outputs U_m, each (N, C, H', W')."""
         if self.split_input:
             xs = torch.chunk(x, self.num_branches, dim=1)
-            return [b(xi) for b, xi in zip(self.branches, xs)]
+            return [b(xs[i]) for i, b in enumerate(self.branches)]  # indexed: FX-traceable
         return [b(x) for b in self.branches]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +340,16 @@ class SKConv(nn.Module):
         need the branch outputs (inference, ``no_grad``) the result is written into the last
         branch output instead of a new tensor.
         """
-        inplace = not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
+        tracing = is_fx_tracing()  # FX Proxies go through the torch code below, not the hook
+        if (
+            _EPILOGUE_HOOK is not None
+            and not tracing
+            and (out := _EPILOGUE_HOOK(self, feats)) is not None
+        ):
+            return out
+        inplace = not tracing and not (
+            torch.is_grad_enabled() and any(f.requires_grad for f in feats)
+        )
         if self.attn is None:
             u = feats[0]
             for f in feats[1:]:
@@ -321,13 +360,18 @@ class SKConv(nn.Module):
         # fp16 sums are kept in fp32 until divided (a sum can exceed fp16's range where the
         # mean does not); bf16 has fp32's range, and its sum, like its mean, accumulates in fp32.
         dtype = feats[0].dtype
-        acc = torch.float32 if dtype == torch.float16 else None
-        s = feats[0].sum(dim=(2, 3), keepdim=True, dtype=acc)
-        for f in feats[1:]:
-            s = s + f.sum(dim=(2, 3), keepdim=True, dtype=acc)
-        s = (s * (1.0 / (feats[0].shape[2] * feats[0].shape[3]))).to(dtype)
+        if tracing:  # FX: the dtype is symbolic; a mean accumulates fp16 in fp32 anyway
+            s = feats[0].mean(dim=(2, 3), keepdim=True)
+            for f in feats[1:]:
+                s = s + f.mean(dim=(2, 3), keepdim=True)
+        else:
+            acc = torch.float32 if dtype == torch.float16 else None
+            s = feats[0].sum(dim=(2, 3), keepdim=True, dtype=acc)
+            for f in feats[1:]:
+                s = s + f.sum(dim=(2, 3), keepdim=True, dtype=acc)
+            s = (s * (1.0 / (feats[0].shape[2] * feats[0].shape[3]))).to(dtype)
         a = self.attn(s)  # (N, M, C') with C' in {C, 1}, soft-maxed over M
-        if self.record_attention:
+        if self.record_attention and not tracing:
             self.last_attention = a.detach().expand(-1, -1, self.out_channels)
         # Under autocast the attention comes out in fp32: select in the branches' dtype.
         a = a.to(dtype).unsqueeze(-1).unsqueeze(-1)  # (N, M, C', 1, 1)
@@ -379,23 +423,31 @@ class _Branch(nn.Module):
     """
 
     def __init__(
-        self, cin: int, cout: int, spec: BranchSpec, groups: int, stride: int, norm: bool
+        self,
+        cin: int,
+        cout: int,
+        spec: BranchSpec,
+        groups: int,
+        stride: int,
+        norm: bool,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
-        pad = spec.dilation * (spec.kernel_size - 1) // 2
+        dil = spec.dilation * dilation  # the branch's own dilation times the stage's
+        pad = dil * (spec.kernel_size - 1) // 2
         self.conv = nn.Conv2d(
             cin,
             cout,
             spec.kernel_size,
             stride=stride,
             padding=pad,
-            dilation=spec.dilation,
+            dilation=dil,
             groups=groups,
             bias=False,
         )
         self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True) if norm else nn.Identity()
-        self._shortcut = strided_dilation_shortcut(stride, spec.dilation, pad)
+        self._shortcut = strided_dilation_shortcut(stride, dil, pad)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv

@@ -15,6 +15,7 @@ from sknet.models._base import (
     capture_attention,
     sk_units,
 )
+from sknet.models._features import FeatureInfo, FeatureNet
 from sknet.models._registry import (
     ModelEntry,
     PaperFigures,
@@ -25,15 +26,20 @@ from sknet.models._registry import (
 )
 from sknet.models.resnext import ResNeXt, ResNeXtConfig
 from sknet.models.shufflenetv2 import ShuffleNetV2, ShuffleNetV2Config
+from sknet.models.skresnet import SKResNet, SKResNetConfig
 
 __all__ = [
     "BranchSpec",
     "ClassifierHead",
+    "FeatureInfo",
+    "FeatureNet",
     "ModelEntry",
     "PaperFigures",
     "ResNeXt",
     "ResNeXtConfig",
     "SKNetModel",
+    "SKResNet",
+    "SKResNetConfig",
     "ShuffleNetV2",
     "ShuffleNetV2Config",
     "attention_of",
@@ -299,13 +305,30 @@ _ROWS: list[tuple[str, str, object, str, PaperFigures | None, int]] = [
         None,
         1000,
     ),
+    # timm's SK-ResNets (basic blocks, split-input SK conv), to load timm's ImageNet weights.
+    (
+        "skresnet18",
+        "skresnet",
+        SKResNetConfig(),
+        "timm's SK-ResNet-18: basic blocks, split-input SK[2,1] conv, d = make_divisible(C/8, 16)",
+        None,
+        1000,
+    ),
+    (
+        "skresnet34",
+        "skresnet",
+        SKResNetConfig(layers=(3, 4, 6, 3)),
+        "timm's SK-ResNet-34: basic blocks, split-input SK[2,1] conv, d = make_divisible(C/8, 16)",
+        None,
+        1000,
+    ),
     # Demo-sized models (48x48 built-in data, 10 classes).
     ("resnext_tiny", "resnext", _TINY, "demo-sized ResNeXt (8x4d, 3 stages x 1 unit)", None, 10),
     ("senet_tiny", "resnext", replace(_TINY, block="se"), "demo-sized SENet", None, 10),
     ("sknet_tiny", "resnext", replace(_TINY, block="sk"), "demo-sized SKNet, SK[2,8,16]", None, 10),
 ]
 
-_BUILDERS = {"resnext": ResNeXt, "shufflenetv2": ShuffleNetV2}
+_BUILDERS = {"resnext": ResNeXt, "shufflenetv2": ShuffleNetV2, "skresnet": SKResNet}
 
 for _name, _family, _cfg, _desc, _paper, _nc in _ROWS:
     register(

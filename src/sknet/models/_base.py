@@ -1,8 +1,18 @@
-"""The contract every sknet model follows, and attention capture for SK units."""
+"""The contract every sknet model follows, and attention capture for SK units.
+
+Backbone conventions (timm's): a model is a stem, ``stages`` and (ShuffleNetV2) a last
+convolution. ``feature_info`` lists the feature levels, index 0 being the stem before its
+max-pool (stride 2 for ImageNet stems), then one per stage; each entry holds ``num_chs``,
+``reduction`` (stride w.r.t. the input) and ``module``, the path of the module whose output it
+is (usable as a torchvision ``create_feature_extractor`` return node).
+:meth:`SKNetModel.forward_intermediates` returns those levels, ``frozen_stages`` /
+``norm_eval`` freeze the first stages and the BN statistics as detection backbones do (mmdet's
+semantics), and every model traces with ``torch.fx``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -10,6 +20,7 @@ import torch
 from torch import nn
 
 from sknet.layers.sk import SKConv
+from sknet.models._staged import StagedNet, resolve_out_indices
 
 __all__ = ["ClassifierHead", "SKNetModel", "attention_of", "capture_attention", "sk_units"]
 
@@ -29,12 +40,13 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class SKNetModel(nn.Module):
+class SKNetModel(StagedNet):
     """Base class of all sknet models.
 
     Subclasses set ``in_chans``, ``num_classes``, ``default_input_size``, ``min_input_size``
-    (the total stride: smaller inputs cannot pass the network), ``feature_info`` and ``head``,
-    and implement :meth:`forward_features`.
+    (the total stride: smaller inputs cannot pass the network), ``stem``, ``stages``,
+    ``feature_info`` and ``head``, and implement :meth:`forward_features` (which must equal
+    running :meth:`feature_steps` in order).
     """
 
     in_chans: int
@@ -44,33 +56,44 @@ class SKNetModel(nn.Module):
     feature_info: list[dict[str, Any]]
     head: ClassifierHead
 
-    def check_input(self, x: Any) -> None:
-        """Raise ``TypeError``/``ValueError`` naming the problem with an input batch."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(
-                f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape "
-                f"{tuple(x.shape)}"
-                + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
-            )
-        if not x.is_floating_point():
-            raise TypeError(
-                f"expected a floating-point input, got {x.dtype} (convert images with "
-                "x.float() / 255 and normalise them)"
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"model expects {self.in_chans} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
-            )
-        h, w = x.shape[-2:]
-        if h < self.min_input_size or w < self.min_input_size:
-            raise ValueError(
-                f"input {h}x{w} is too small for this model: its total stride is "
-                f"{self.min_input_size}, so height and width must be at least "
-                f"{self.min_input_size} (native size {self.default_input_size})"
-            )
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The feature levels of ``feature_info`` on the way to the final features (timm's API).
+
+        Args:
+            x: image batch (N, C, H, W).
+            indices: levels to return: None (all), an int n (the last n) or a sequence.
+            norm: accepted for timm compatibility; these models have no final norm.
+            stop_early: stop after the last requested level (the returned final features are
+                then that level's).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of levels (stops early).
+
+        Returns:
+            ``(final_features, [levels...])``, or the list alone with ``intermediates_only``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        self.check_input(x)
+        name = getattr(self, "model_name", type(self).__name__)
+        take = resolve_out_indices(indices, self.feature_info, name)
+        taps = {self.tap_path(self.feature_info[i]["module"]) for i in take}
+        last = self.tap_path(self.feature_info[take[-1]]["module"])
+        out: list[torch.Tensor] = []
+        for path, module in self.feature_steps():
+            x = module(x)
+            if path in taps:
+                out.append(x)
+            if path == last and (stop_early or intermediates_only):
+                break
+        return out if intermediates_only else (x, out)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -81,6 +104,10 @@ class SKNetModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    def default_out_indices(self) -> tuple[int, ...]:
+        """The levels ``features_only`` returns by default: one per stage (no stem)."""
+        return tuple(range(1, len(self.feature_info)))
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
@@ -121,19 +148,33 @@ def attention_of(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class _AttentionView(Mapping[str, torch.Tensor]):
-    """Live read-only view of the attention recorded by the SK units of a model."""
+    """Read-only view of the attention recorded by the SK units of a model: live inside the
+    ``with`` block, frozen at the last forward pass's values after it."""
 
     def __init__(self, units: dict[str, SKConv]) -> None:
         self._units = units
+        self._frozen: dict[str, torch.Tensor] | None = None
+
+    def freeze(self) -> None:
+        self._frozen = {
+            k: m.last_attention for k, m in self._units.items() if m.last_attention is not None
+        }
+
+    def _current(self, key: str) -> torch.Tensor | None:
+        if self._frozen is not None:
+            return self._frozen.get(key)
+        return self._units[key].last_attention
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        a = self._units[key].last_attention
+        if key not in self._units:
+            raise KeyError(f"{key}: no such SK unit (units: {', '.join(self._units)})")
+        a = self._current(key)
         if a is None:
             raise KeyError(f"{key}: no attention recorded yet (run a forward pass first)")
         return a
 
     def __iter__(self) -> Iterator[str]:
-        return (k for k, m in self._units.items() if m.last_attention is not None)
+        return (k for k in self._units if self._current(k) is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -147,8 +188,9 @@ def capture_attention(model: nn.Module) -> Iterator[Mapping[str, torch.Tensor]]:
     ...     logits = model(images)
     ...     att["SK_3_1"].shape  # (N, M, C), sums to 1 over M
 
-    The mapping always holds the attention of the latest forward pass. Recording keeps a
-    detached reference to a tensor the forward computes anyway, so it adds no computation.
+    The mapping always holds the attention of the latest forward pass; after the block it
+    keeps the values of the last pass inside it. Recording keeps a detached reference to a
+    tensor the forward computes anyway, so it adds no computation.
     """
     units = sk_units(model)
     if not units:
@@ -157,9 +199,11 @@ def capture_attention(model: nn.Module) -> Iterator[Mapping[str, torch.Tensor]]:
     for m in units.values():
         m.record_attention = True
         m.last_attention = None
+    view = _AttentionView(units)
     try:
-        yield _AttentionView(units)
+        yield view
     finally:
+        view.freeze()  # readable after the block: the values of the last forward pass
         for k, m in units.items():
             m.record_attention = previous[k]
             if not previous[k]:

@@ -15,14 +15,21 @@ ReLU, with a 1x1 conv + BN projection shortcut where the shape changes. The stri
 Deviations from the paper:
 
 * SKNet-101 follows the official release, which uses d = 16 (not max(C/r, 32) = 32) in
-  stage 4 (``conv4_x``); the paper's text gives no exception. Override with
-  ``sk_attn_dims=None``.
+  ``conv3_x`` (its B_fc1 layers have 16 outputs); the paper's text gives no exception.
+  Override with ``sk_attn_dims=None``.
 * SKNet-29 (CIFAR): the paper does not give its SK setting. We use 32 groups of 16 channels in
   each branch (the 16x32d backbone's 3x3 conv has 16 groups of 32), r = 16, L = 32: 28.35M
   parameters against the paper's 27.7M (+2.3%); 16 groups per branch would give 37.6M.
 * The ``lucid_sk`` block reproduces the Lucid library: true 3x3 and 5x5 kernels without BN/ReLU
   in the branches, one attention weight per branch shared by all channels, d = C // r without
   the L floor, then BN + ReLU after the SK convolution.
+
+Dense prediction (not in the paper): ``output_stride`` 8 or 16 keeps the resolution of the last
+stages, replacing their stride by dilation as timm and torchvision do (DeepLab's recipe): the
+first unit of such a stage runs with the previous dilation (its stride used to apply at its
+output), the following units with the stage dilation, and in an SK unit that dilation
+multiplies each branch's own (3x3 D1 / D2 become D2 / D4 at dilation 2). Parameters and their
+names do not change, so weights load at any output stride.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ class ResNeXtConfig:
 
     Stage i (0-based) has ``layers[i]`` units, output width ``stage_out[i]`` and bottleneck
     (3x3) width ``mid_widths[i]`` or, when that is None, ``cardinality * base_width * 2**i``.
+    ``stem_pool`` is the ImageNet stem's 3x3/2 max pool: ``"pad"`` (padding 1, as torchvision
+    and timm) or ``"ceil"`` (no padding, output size rounded up: Caffe's pooling, which the
+    official SKNet release uses; the windows sit one pixel further right and down).
     """
 
     layers: tuple[int, ...] = (3, 4, 6, 3)
@@ -59,6 +69,7 @@ class ResNeXtConfig:
     stage_out: tuple[int, ...] = (256, 512, 1024, 2048)
     stem: Literal["imagenet", "cifar", "small"] = "imagenet"
     stem_width: int = 64
+    stem_pool: Literal["pad", "ceil"] = "pad"  # "ceil": Caffe's max pool (official release)
     default_input_size: int = 224
     se_reduction: int = 16
     sk_branches: tuple[int | str | BranchSpec, ...] = (3, 5)
@@ -70,6 +81,7 @@ class ResNeXtConfig:
     sk_attention: Literal["channel", "shared"] = "channel"
     sk_aggregation: Literal["attention", "sum"] = "attention"
     sk_split_input: bool = False
+    output_stride: int = 32  # 8 or 16: the last stages dilate instead of striding
 
     def mid_width(self, stage: int) -> int:
         if self.mid_widths is not None:
@@ -86,8 +98,12 @@ class ResNeXtConfig:
             raise ValueError(f"mid_widths needs {n} widths, got {self.mid_widths}")
         if self.sk_attn_dims is not None and len(self.sk_attn_dims) != n:
             raise ValueError(f"sk_attn_dims needs {n} entries, got {self.sk_attn_dims}")
+        if self.stem_pool not in ("pad", "ceil"):
+            raise ValueError(f"stem_pool must be 'pad' or 'ceil', got {self.stem_pool!r}")
         if self.block not in ("plain", "se", "sk", "lucid_sk"):
             raise ValueError(f"unknown block {self.block!r}")
+        if isinstance(self.output_stride, bool) or self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride!r}")
         for i in range(n):
             mid = self.mid_width(i)
             if mid % self.cardinality:
@@ -98,7 +114,7 @@ class ResNeXtConfig:
 
 
 class ConvNormAct(nn.Sequential):
-    """conv (no bias) -> BN -> optional ReLU."""
+    """conv (no bias, padding keeping the size) -> BN -> optional ReLU."""
 
     def __init__(
         self,
@@ -108,11 +124,13 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act: bool = True,
+        dilation: int = 1,
     ) -> None:
+        pad = dilation * (kernel_size // 2)
         super().__init__(
             OrderedDict(
                 conv=nn.Conv2d(
-                    cin, cout, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+                    cin, cout, kernel_size, stride, pad, dilation, groups=groups, bias=False
                 ),
                 bn=nn.BatchNorm2d(cout),
                 act=nn.ReLU(inplace=True) if act else nn.Identity(),
@@ -124,7 +142,9 @@ class ResNeXtBlock(nn.Module):
     """Bottleneck unit; ``kind`` picks what fills the 3x3 stage and whether SE gates it.
 
     Submodule names (part of the checkpoint format): ``conv1``, ``conv2`` (the 3x3 stage:
-    ``ConvNormAct`` or ``SKConv``), ``conv3``, ``se``, ``downsample``.
+    ``ConvNormAct`` or ``SKConv``), ``conv3``, ``se``, ``downsample``. ``dilation`` applies to
+    the 3x3 stage (for SK: a multiplier on each branch's dilation); ``project`` forces the
+    projection shortcut (a unit whose stride became dilation keeps its projection).
     """
 
     def __init__(
@@ -136,11 +156,15 @@ class ResNeXtBlock(nn.Module):
         cfg: ResNeXtConfig,
         stage: int,
         kind: BlockKind,
+        dilation: int = 1,
+        project: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(cin, mid, 1)
         if kind in ("plain", "se"):
-            self.conv2: nn.Module = ConvNormAct(mid, mid, 3, stride, groups=cfg.cardinality)
+            self.conv2: nn.Module = ConvNormAct(
+                mid, mid, 3, stride, groups=cfg.cardinality, dilation=dilation
+            )
         else:
             lucid = kind == "lucid_sk"
             sk = SKConv(
@@ -150,6 +174,7 @@ class ResNeXtBlock(nn.Module):
                 kernel_mode=cfg.sk_kernel_mode,
                 groups=cfg.sk_groups or cfg.cardinality,
                 stride=stride,
+                dilation=dilation,
                 reduction=cfg.sk_reduction,
                 min_attn_dim=cfg.sk_min_attn_dim,
                 attn_dim=cfg.sk_attn_dims[stage] if cfg.sk_attn_dims is not None else None,
@@ -168,7 +193,7 @@ class ResNeXtBlock(nn.Module):
         self.se: nn.Module = SEModule(cout, cfg.se_reduction) if kind == "se" else nn.Identity()
         self.downsample: nn.Module = (
             ConvNormAct(cin, cout, 1, stride, act=False)
-            if stride != 1 or cin != cout
+            if project or stride != 1 or cin != cout
             else nn.Identity()
         )
         self.act = nn.ReLU(inplace=True)
@@ -200,12 +225,15 @@ class ResNeXt(SKNetModel):
                     conv=nn.Conv2d(in_chans, cfg.stem_width, 7, 2, 3, bias=False),
                     bn=nn.BatchNorm2d(cfg.stem_width),
                     act=nn.ReLU(inplace=True),
-                    pool=nn.MaxPool2d(3, 2, 1),
+                    pool=nn.MaxPool2d(3, 2, 1)
+                    if cfg.stem_pool == "pad"
+                    else nn.MaxPool2d(3, 2, 0, ceil_mode=True),
                 )
             )
-            reduction = 4
+            stem_reduction, reduction = 2, 4
         else:  # "cifar": one 3x3 conv; "small": the same with stride 2 (demo-sized models)
             reduction = 1 if cfg.stem == "cifar" else 2
+            stem_reduction = reduction
             self.stem = nn.Sequential(
                 OrderedDict(
                     conv=nn.Conv2d(in_chans, cfg.stem_width, 3, reduction, 1, bias=False),
@@ -213,16 +241,32 @@ class ResNeXt(SKNetModel):
                     act=nn.ReLU(inplace=True),
                 )
             )
-        self.feature_info = [{"num_chs": cfg.stem_width, "reduction": reduction, "module": "stem"}]
+        # level 0: the stem before its max-pool (timm's convention)
+        self.feature_info = [
+            {"num_chs": cfg.stem_width, "reduction": stem_reduction, "module": "stem.act"}
+        ]
         cin = cfg.stem_width
         stages = []
+        dilation = 1
         for i, (units, cout) in enumerate(zip(cfg.layers, cfg.stage_out)):
-            stride = 1 if i == 0 else 2
+            nominal = stride = 1 if i == 0 else 2
+            first_dilation = dilation
+            if reduction * stride > cfg.output_stride:  # keep the resolution, dilate instead
+                dilation *= stride
+                stride = 1
             reduction *= stride
             blocks = []
             for u in range(units):
                 blk = ResNeXtBlock(
-                    cin, cfg.mid_width(i), cout, stride if u == 0 else 1, cfg, i, cfg.block
+                    cin,
+                    cfg.mid_width(i),
+                    cout,
+                    stride if u == 0 else 1,
+                    cfg,
+                    i,
+                    cfg.block,
+                    dilation=first_dilation if u == 0 else dilation,
+                    project=u == 0 and nominal != 1,
                 )
                 for mod in blk.modules():
                     if isinstance(mod, SKConv):
