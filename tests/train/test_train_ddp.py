@@ -1,4 +1,5 @@
-"""A real 2-process DDP run (torchrun, gloo on CPU): identical weights, reduced metrics."""
+"""A real 2-process DDP run (torchrun, gloo on CPU) of a model with SK units: identical weights,
+sharded and reduced evaluation."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "sknet.cli.main", "train", "--out", str(out), "--device", "cpu",
-        "--model", "resnext_tiny", "--image-size", "32", "--num-samples", "128", "--epochs", "2",
+        "--model", "sknet_tiny", "--image-size", "32", "--num-samples", "128", "--epochs", "2",
         "--batch-size", "16", "--lr", "0.003", "--threads", "1", "--no-progress",
         "--no-tensorboard", "--set", "val_samples=41", "--set", "rank_summaries=true",
         "--set", "warmup_epochs=0", "--checkpoint-every", "3",
@@ -35,7 +36,9 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     assert all(r["world_size"] == 2 for r in ranks)
     # Gradients are all-reduced and BN statistics synchronised: bit-identical weights.
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    # Each rank evaluated its own half of the 41 val images; the metrics are reduced sums.
+    # Each rank evaluated its own share of the 41 val images (sharded: 21 + 20, not 41 each)
+    # and reports the metrics of all 41 (reduced: not its own 21 or 20).
+    assert [r["val_shard_n"] for r in ranks] == [21, 20]
     assert ranks[0]["val"] == ranks[1]["val"]
     assert ranks[0]["val"]["n"] == 41
     assert ranks[0]["train"] == ranks[1]["train"]
@@ -50,4 +53,4 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
 
     model, record = sknet.load(out)
     assert weights_digest(model) == ranks[0]["weights_sha256"]
-    assert record.name == "resnext_tiny"
+    assert record.name == "sknet_tiny" and len(model.sk_units()) > 0

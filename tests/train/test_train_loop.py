@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import sknet
-
 from sknet.train import (
     NonFiniteLossError,
     evaluate,
@@ -110,13 +109,14 @@ def test_train_restores_global_state(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_weights_and_repeated_calls(tmp_path: Path) -> None:
-    cfg = tiny_config(epochs=1)
+    cfg = tiny_config(model="sknet_tiny", epochs=1)
     train(cfg, tmp_path / "a")
     train(cfg, tmp_path / "b")
     a, _ = sknet.load(tmp_path / "a")
     b, _ = sknet.load(tmp_path / "b")
+    assert len(a.sk_units()) > 0
     assert weights_digest(a) == weights_digest(b)
-    train(tiny_config(epochs=1, seed=1), tmp_path / "c")
+    train(tiny_config(model="sknet_tiny", epochs=1, seed=1), tmp_path / "c")
     c, _ = sknet.load(tmp_path / "c")
     assert weights_digest(a) != weights_digest(c)
 

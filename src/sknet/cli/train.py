@@ -2,6 +2,10 @@
 
 Under ``torchrun`` the same command trains with DDP on every process (NCCL on GPUs, gloo on
 CPUs); ``--out`` is then required so that all processes agree on the run directory.
+
+Fine-tuning: ``--init SOURCE`` starts from trained weights (a run directory, weights file,
+checkpoint or registry ``name.tag``); without ``--preset``/``--config`` it uses the ``finetune``
+preset, whose model is the init weights' own architecture.
 """
 
 from __future__ import annotations
@@ -14,24 +18,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sknet.cli import AMP_CHOICES, DATA_CHOICES, DEVICE_HELP, HelpFormatter
+
 # First-class flags: (flag, config key, type, help)
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--model", "model", str, "model name (sknet info --list)"),
     ("--epochs", "epochs", int, "number of epochs"),
     ("--batch-size", "batch_size", int, "global batch size (all processes x accumulation)"),
     ("--lr", "lr", float, "learning rate at lr_reference_batch (linear scaling)"),
-    ("--data", "data", str, "synthetic | cifar10 | cifar100 | imagefolder"),
+    ("--data", "data", str, "training data"),
     ("--data-dir", "data_dir", str, "folder of real data (never downloaded)"),
     ("--image-size", "image_size", int, "training resolution (0: the data's default)"),
     ("--num-samples", "num_samples", int, "synthetic training images"),
     ("--seed", "seed", int, "random seed"),
     ("--workers", "workers", int, "DataLoader worker processes"),
     ("--threads", "threads", int, "torch CPU threads (0: torch's default)"),
-    ("--amp", "amp", str, "autocast precision: none | bf16 | fp16 (CUDA)"),
-    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--amp", "amp", str, "autocast precision (fp16: CUDA only)"),
+    ("--device", "device", str, DEVICE_HELP),
     ("--grad-accum", "grad_accum", int, "gradient accumulation micro-batches per step"),
     ("--checkpoint-every", "checkpoint_every", int, "optimizer steps between checkpoints"),
-)
+    ("--init", "init", str, "start from these weights (run dir, .safetensors, checkpoint, "
+     "registry name.tag); default preset then: finetune"),
+    ("--freeze-stages", "freeze_stages", int, "freeze the stem (0) and the first N stages "
+     "(their BN in eval mode); -1: nothing"),
+    ("--backbone-lr-scale", "backbone_lr_scale", float, "learning-rate factor of everything "
+     "but the classifier (e.g. 0.1)"),
+)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a model (no arguments: the built-in CPU demo on synthetic data)",
         description=(
             "Train an SKNet-family model from a named preset (demo, cifar, imagenet, "
-            "imagenet-light) or your own TOML config, writing a run directory with the "
+            "imagenet-light, finetune) or your own TOML config, writing a run directory with the "
             "resolved config, metrics.csv, TensorBoard events, checkpoints, final weights "
-            "(model.safetensors) and summary.json. Without arguments it trains the demo."
+            "(model.safetensors) and summary.json. Without arguments it trains the demo. "
+            "Options left out take the preset's values (see --show-config)."
         ),
         epilog=(
             "examples:\n"
@@ -51,20 +64,30 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet train --print-preset imagenet > my.toml; sknet train --config my.toml\n"
             "  sknet train --set epochs=3 --set model_overrides.sk_aggregation=sum\n"
             "  sknet train --resume runs/demo\n"
+            "  sknet train --init runs/demo --data imagefolder --data-dir my_images --out runs/ft\n"
             "  torchrun --nproc-per-node 8 -m sknet.cli.main train --preset imagenet "
             "--data-dir /data/imagenet --out runs/sk50"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, help="named preset (default: demo)")
+    src.add_argument(
+        "--preset", default=None, help="named preset (default: demo; finetune with --init)"
+    )
     src.add_argument("--config", default=None, metavar="FILE.toml", help="your own TOML config")
     src.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run"
     )
+    choices = {"data": DATA_CHOICES, "amp": AMP_CHOICES}
     for flag, key, typ, help_ in _FLAGS:
         p.add_argument(
-            flag, dest=f"cfg_{key}", type=typ, default=None, metavar=key.upper(), help=help_
+            flag,
+            dest=f"cfg_{key}",
+            type=typ,
+            default=None,
+            choices=choices.get(key),
+            metavar=key.upper() if key not in choices else None,
+            help=help_,
         )
     for flag, key, help_ in (
         ("channels-last", "channels_last", "channels_last memory format"),
@@ -136,14 +159,7 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet.train import (
-        RESUME_MUTABLE_KEYS,
-        list_presets,
-        load_config_file,
-        load_preset,
-        preset_path,
-        train,
-    )
+    from sknet.train import list_presets, load_preset, preset_path, train
 
     if args.list_presets:
         for name in list_presets():
@@ -154,30 +170,9 @@ def run(args: argparse.Namespace) -> int:
         print(preset_path(args.print_preset).read_text(encoding="utf-8"), end="")
         return 0
 
-    overrides = _overrides(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.out and Path(args.out) != run_dir:
-            raise ValueError("--resume continues RUN_DIR in place; do not pass a different --out")
-        fixed = sorted(k for k in overrides if k.split(".")[0] not in RESUME_MUTABLE_KEYS)
-        if fixed:
-            raise ValueError(
-                f"cannot change {', '.join(fixed)} when resuming; only "
-                f"{', '.join(sorted(RESUME_MUTABLE_KEYS))} may change"
-            )
-        cfg_file = run_dir / "config.toml"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(
-                f"cannot resume: {run_dir} is not a run directory (no config.toml)"
-            )
-        cfg = load_config_file(cfg_file, **overrides)
-    elif args.config:
-        cfg = load_config_file(args.config, **overrides)
-    else:
-        cfg = load_preset(args.preset or "demo", **overrides)
-
+    cfg = _config(args)
     if args.show_config:
-        print(cfg.to_toml(), end="")
+        print(_resolved(cfg).to_toml(), end="")
         return 0
 
     if args.resume:
@@ -187,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             raise ValueError("pass --out RUN_DIR when running under torchrun")
+        cfg = _resolved(cfg)  # the model name, for the directory name
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{cfg.preset or 'custom'}-{cfg.model}-{stamp}"
 
@@ -202,6 +198,33 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {summary['bad_images']} unreadable image(s); see {run_dir}/train.log")
         print(f"run directory: {summary['run_dir']}  (evaluate: sknet eval {summary['run_dir']})")
     return 0
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The config of the command: a resumed run's own, a TOML file's or a preset's, with the
+    command-line overrides applied."""
+    from sknet.train import load_config_file, load_preset
+    from sknet.train.rundir import check_resumable, check_resume_overrides
+
+    overrides = _overrides(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ValueError("--resume continues RUN_DIR in place; do not pass a different --out")
+        check_resume_overrides(list(overrides))
+        check_resumable(run_dir)
+        return load_config_file(run_dir / "config.toml", **overrides)
+    if args.config:
+        return load_config_file(args.config, **overrides)
+    default = "finetune" if overrides.get("init") else "demo"
+    return load_preset(args.preset or default, **overrides)
+
+
+def _resolved(cfg: Any) -> Any:
+    """``cfg`` with what ``--init`` determines filled in (model, image size, normalisation)."""
+    from sknet.train.finetune import resolve_init
+
+    return resolve_init(cfg) if cfg.init else cfg
 
 
 def _pct(v: float | None) -> str:

@@ -7,7 +7,14 @@
 
 Presets (``sknet/presets/*.toml``, see :func:`list_presets`): ``demo`` (the default of
 ``sknet train``: a small SK model on built-in synthetic data, minutes on a CPU), ``cifar``,
-``imagenet`` and ``imagenet-light`` (the paper's recipes).
+``imagenet`` and ``imagenet-light`` (the paper's recipes) and ``finetune`` (from trained
+weights, ``init``; see :mod:`sknet.train.finetune`).
+
+Modules: :mod:`~sknet.train.config` (``TrainConfig``, presets), :mod:`~sknet.train.trainer`
+(the loop), :mod:`~sknet.train.state` (``TrainState``, what a checkpoint holds),
+:mod:`~sknet.train.rundir` (the run directory), :mod:`~sknet.train.checkpoint`,
+:mod:`~sknet.train.pipeline` (data), :mod:`~sknet.train.evaluate`,
+:mod:`~sknet.train.distributed` and :mod:`~sknet.train.finetune`.
 """
 
 from sknet.train.checkpoint import load_checkpoint, save_checkpoint

@@ -8,13 +8,16 @@ RNG states are stored as tensors and lists of ints for that reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from sknet._files import atomic_save
 from sknet.errors import FileFormatError
@@ -25,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
+    "weights_digest",
 ]
 
 CHECKPOINT_FORMAT = "sknet-train-checkpoint"
@@ -99,3 +103,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} was written by a newer sknet (checkpoint version {state['version']})"
         )
     return state
+
+
+def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a model's state dict (or a state dict): names, dtypes, shapes and bytes.
+
+    Equal digests mean bit-identical weights (used to compare DDP ranks and resumed runs, and
+    recorded as the identity of fine-tuning init weights).
+    """
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

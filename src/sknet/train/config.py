@@ -12,6 +12,9 @@ Each process runs micro-batches of ``batch_size // (world_size * grad_accum)`` i
 ``lr`` is the learning rate at a global batch of ``lr_reference_batch``; the learning rate used is
 ``lr * batch_size / lr_reference_batch`` (linear scaling rule, Goyal et al. 2017); a reference of
 0 turns scaling off.
+
+Fine-tuning: ``init`` names weights to start from (anything :func:`sknet.load` accepts); with
+``model = ""`` the architecture is the init weights' own (see :mod:`sknet.train.finetune`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, jsonable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,8 +60,7 @@ SCHEDULES: tuple[str, ...] = ("step", "multistep", "cosine", "constant")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 #: ``amp`` values (autocast precision).
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
-#: ``data`` values.
-DATA_NAMES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "imagefolder")
+#: ``data`` values: :data:`sknet._util.DATA_NAMES`.
 #: ``device`` values (``cuda:N`` is accepted too).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -66,9 +70,14 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``config.toml`` in the run directory).
 
     Model:
-        model: registry name (``sknet.list_models()``).
+        model: registry name (``sknet.list_models()``); ``""``: the architecture of ``init``.
         model_overrides: fields of the model family's config (e.g. ``{"sk_aggregation": "sum"}``).
         num_classes: classifier width; 0 takes the dataset's number of classes.
+        init: weights to start from (fine-tuning): a run directory, ``.safetensors`` file,
+            checkpoint or registry ``name.tag``; ``""``: random initialisation. Every tensor must
+            fit except the classifier, which is new unless the class names are the same.
+        freeze_stages: -1 trains everything; 0 freezes the stem, ``n`` the stem and the first
+            ``n`` stages (no gradients, their BatchNorm statistics fixed).
     Data:
         data: ``synthetic`` (built in, generated on the fly), ``cifar10``, ``cifar100`` or
             ``imagefolder`` (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``).
@@ -77,13 +86,17 @@ class TrainConfig:
             size, CIFAR: 32, imagefolder: 224).
         num_samples, val_samples: sizes of the synthetic train and val splits.
         scale_range: synthetic object sizes (fraction of the canvas, log-uniform).
+        mean, std: input normalisation; empty: the data's own statistics (with ``init``, the
+            init weights' when they record one).
         crop_scale: ``RandomResizedCrop`` area range (imagefolder).
         max_bad: unreadable images tolerated (imagefolder) before the run stops.
         cache_data: keep rendered synthetic images in memory (rendered once, not every epoch).
     Optimisation (SGD with momentum as in the paper; ``optimizer="adamw"`` for quick demos):
         optimizer (:data:`OPTIMIZERS`; momentum/nesterov apply to SGD only, AdamW's weight decay
         is decoupled), epochs, batch_size (global), lr, lr_reference_batch, momentum, nesterov,
-        weight_decay,
+        weight_decay, wd_exclude_bn_bias (no weight decay on BatchNorm weights/biases and on
+        biases, i.e. on every 1-D parameter, as the official SKNet release's ``decay_mult: 0``),
+        backbone_lr_scale (learning-rate factor of every parameter outside the classifier),
         label_smoothing, schedule (:data:`SCHEDULES`), lr_step, lr_milestones, lr_gamma,
         warmup_epochs, min_lr.
     Engine:
@@ -101,14 +114,18 @@ class TrainConfig:
     model: str = "sknet_tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 0
+    init: str = ""
+    freeze_stages: int = -1
     # data
     data: str = "synthetic"
     data_dir: str = ""
     image_size: int = 0
     num_samples: int = 10000
     val_samples: int = 2000
-    scale_range: tuple[float, float] = (0.15, 0.9)
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     max_bad: int = 50
     cache_data: bool = True
     # optimisation
@@ -120,6 +137,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    wd_exclude_bn_bias: bool = False
+    backbone_lr_scale: float = 1.0
     label_smoothing: float = 0.0
     schedule: str = "cosine"
     lr_step: int = 30
@@ -158,92 +177,112 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
+        self._validate_model_and_data()
+        self._validate_optimisation()
+        self._validate_engine()
 
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(msg)
+    def _validate_model_and_data(self) -> None:
+        if self.model:
+            from sknet.models import get_entry
 
-        from sknet.models import get_entry
-
-        get_entry(self.model)  # unknown model -> ValueError with suggestions
-        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
-        need(
+            get_entry(self.model)  # unknown model -> ValueError with suggestions
+        _need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        _need(self.freeze_stages >= -1, f"freeze_stages must be >= -1, got {self.freeze_stages}")
+        _need(
             self.data in DATA_NAMES,
             f"data must be one of {', '.join(DATA_NAMES)}, got {self.data!r}",
         )
-        need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
-        need(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
-        need(self.val_samples >= 1, f"val_samples must be >= 1, got {self.val_samples}")
+        _need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
+        _need(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        _need(self.val_samples >= 1, f"val_samples must be >= 1, got {self.val_samples}")
         lo, hi = self.scale_range
-        need(0 < lo <= hi, f"scale_range must satisfy 0 < min <= max, got {list(self.scale_range)}")
+        _need(
+            0 < lo <= hi, f"scale_range must satisfy 0 < min <= max, got {list(self.scale_range)}"
+        )
         lo, hi = self.crop_scale
-        need(
+        _need(
             0 < lo <= hi <= 1,
             f"crop_scale must satisfy 0 < min <= max <= 1, got {list(self.crop_scale)}",
         )
-        need(self.max_bad >= 0, f"max_bad must be >= 0, got {self.max_bad}")
-        need(
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            _need(len(v) in (0, 3), f"{name} must be empty or 3 values, got {list(v)}")
+        _need(all(x > 0 for x in self.std), f"std values must be > 0, got {list(self.std)}")
+        _need(self.max_bad >= 0, f"max_bad must be >= 0, got {self.max_bad}")
+        if not isinstance(self.model_overrides, dict):  # pragma: no cover - coerced above
+            raise ValueError("model_overrides must be a table of model config fields")
+
+    def _validate_optimisation(self) -> None:
+        _need(
             self.optimizer in OPTIMIZERS,
             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
         )
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
-        need(
+        _need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        _need(
+            math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"
+        )
+        _need(
             self.lr_reference_batch >= 0,
             f"lr_reference_batch must be >= 0, got {self.lr_reference_batch}",
         )
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(
+        _need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _need(
             not self.nesterov or self.momentum > 0 or self.optimizer != "sgd",
             "nesterov needs momentum > 0 (set momentum)",
         )
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(
+        _need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _need(
+            math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+            f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}",
+        )
+        _need(
             0 <= self.label_smoothing < 1,
             f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
         )
-        need(
+        _need(
             self.schedule in SCHEDULES,
             f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
         )
-        need(self.lr_step >= 1, f"lr_step must be >= 1 epoch, got {self.lr_step}")
+        _need(self.lr_step >= 1, f"lr_step must be >= 1 epoch, got {self.lr_step}")
         ms = list(self.lr_milestones)
-        need(
+        _need(
             all(m >= 1 for m in ms) and ms == sorted(set(ms)),
             f"lr_milestones must be increasing positive epochs, got {ms}",
         )
-        need(
+        _need(
             self.schedule != "multistep" or bool(ms),
             "schedule='multistep' needs lr_milestones (e.g. [150, 225])",
         )
-        need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        need(
+        _need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        _need(
             0 <= self.warmup_epochs < self.epochs,
             f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
         )
-        need(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
-        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        need(
+        _need(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
+
+    def _validate_engine(self) -> None:
+        _need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _need(
             self.device in DEVICES or self.device.startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
-        need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
-        need(
+        _need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        _need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _need(
             self.amp in AMP_MODES,
             f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}",
         )
-        need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(
+        _need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        _need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _need(
             self.checkpoint_every >= 0,
             f"checkpoint_every must be >= 0 (0: epoch ends only), got {self.checkpoint_every}",
         )
-        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        need(self.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {self.eval_batch_size}")
-        if not isinstance(self.model_overrides, dict):  # pragma: no cover - coerced above
-            raise ValueError("model_overrides must be a table of model config fields")
+        _need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        _need(
+            self.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {self.eval_batch_size}"
+        )
 
     # ------------------------------------------------------------------ derived values
 
@@ -252,6 +291,8 @@ class TrainConfig:
         if self.image_size:
             return self.image_size
         if self.data == "synthetic":
+            if not self.model:
+                raise ValueError("model is empty: set a model, or init (its architecture)")
             from sknet.models import get_entry
 
             return get_entry(self.model).input_size
@@ -286,7 +327,7 @@ class TrainConfig:
         """Plain JSON/TOML-friendly dict (tuples become lists)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            out[f.name] = _plain(getattr(self, f.name))
+            out[f.name] = jsonable(getattr(self, f.name))
         return out
 
     @classmethod
@@ -326,16 +367,9 @@ def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if hasattr(v, "describe"):  # BranchSpec
-        return v.describe()
-    return v
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
 
 
 def _type_name(hint: Any) -> str:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from sknet._util import resolve_device
+
 __all__ = [
     "DistInfo",
     "all_gather_objects",
@@ -58,32 +60,6 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto``: the local GPU if CUDA is available, else the CPU; ``cuda`` needs CUDA.
-
-    Accepted: ``auto``, ``cpu``, ``cuda`` and ``cuda:N``; anything else is a ``ConfigError``.
-    """
-    from sknet.errors import ConfigError
-
-    if preference == "cpu":
-        return torch.device("cpu")
-    if preference == "cuda" or (preference.startswith("cuda:") and preference[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={preference!r} but CUDA is not available on this machine")
-        if preference == "cuda":
-            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-        if int(preference[5:]) >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device={preference!r} but this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-        return torch.device(preference)
-    if preference != "auto":
-        raise ConfigError(f"unknown device {preference!r}; expected auto, cpu, cuda or cuda:N")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def setup_distributed(device_preference: str = "auto") -> DistInfo:

@@ -8,7 +8,6 @@ natively at each size and CIFAR images are resized.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -19,19 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, autocast
 from sknet.errors import ConfigError
 from sknet.train.distributed import DistInfo, all_reduce_sum
 
 log = logging.getLogger("sknet")
 
 __all__ = ["default_eval_sizes", "evaluate", "evaluate_source"]
-
-
-def _amp_context(amp: str, device: torch.device) -> Any:
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -57,7 +50,8 @@ def evaluate(
         batch_size, workers: loader settings when ``data`` is a dataset.
         device: defaults to the device of the model's parameters.
         dist_info: when distributed, ``data`` must be this rank's shard; sums are all-reduced
-            so every rank returns the metrics of the whole set.
+            so every rank returns the metrics of the whole set, and ``n_local`` is this rank's
+            own count.
 
     Returns:
         ``{"top1_err", "top5_err", "loss", "n", "top1_acc"}``; ``top5_err`` is None for models
@@ -73,51 +67,67 @@ def evaluate(
     device = torch.device(device)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        data = tqdm(data, desc=desc, leave=False, dynamic_ncols=True)
     was_training = model.training
     model.eval()
+    try:
+        sums, num_classes, bad = _sums(model, data, device, amp, channels_last)
+    finally:
+        model.train(was_training)
+    n_local = round(float(sums[3]))
+    if dist_info is not None:
+        all_reduce_sum(sums, dist_info)
+    out = _metrics(sums, num_classes)
+    if dist_info is not None and dist_info.distributed:
+        out["n_local"] = n_local
+    if bad:
+        out["bad_files"] = bad  # this process's share when distributed
+    return out
+
+
+def _sums(
+    model: nn.Module, data: Iterable[Any], device: torch.device, amp: str, channels_last: bool
+) -> tuple[torch.Tensor, int, list[str]]:
+    """Loss sum, top-1 hits, top-5 hits and count over ``data``; the class count; the
+    unreadable files the data reported."""
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     num_classes = 0
     bad: list[str] = []  # unreadable files reported by the data (imagefolder)
-    try:
-        it = data
-        if progress:
-            from tqdm.auto import tqdm
+    for batch in data:
+        images, labels = batch[0], batch[1]
+        if len(batch) > 2 and isinstance(batch[2], (list, tuple)):
+            bad.extend(n for entry in batch[2] if entry for n in str(entry).split("\n"))
+        labels = torch.as_tensor(labels)
+        keep = labels >= 0  # -1 marks an unreadable image: not counted (see RobustImageFolder)
+        if not bool(keep.all()):
+            images, labels = images[keep], labels[keep]
+            if labels.numel() == 0:
+                continue
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        num_classes = logits.shape[1]
+        hit = logits.topk(min(5, num_classes), dim=1).indices.eq(labels[:, None])
+        sums[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += hit[:, 0].sum()
+        sums[2] += hit.any(dim=1).sum()
+        sums[3] += labels.numel()
+    return sums, num_classes, bad
 
-            it = tqdm(data, desc=desc, leave=False, dynamic_ncols=True)
-        for batch in it:
-            images, labels = batch[0], batch[1]
-            if len(batch) > 2 and isinstance(batch[2], (list, tuple)):
-                bad.extend(n for entry in batch[2] if entry for n in str(entry).split("\n"))
-            labels = torch.as_tensor(labels)
-            keep = labels >= 0  # -1 marks an unreadable image: not counted (see RobustImageFolder)
-            if not bool(keep.all()):
-                images, labels = images[keep], labels[keep]
-                if labels.numel() == 0:
-                    continue
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with _amp_context(amp, device):
-                logits = model(images)
-            logits = logits.float()
-            num_classes = logits.shape[1]
-            k = min(5, num_classes)
-            topk = logits.topk(k, dim=1).indices
-            hit = topk.eq(labels[:, None])
-            sums[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
-            sums[1] += hit[:, 0].sum()
-            sums[2] += hit.any(dim=1).sum()
-            sums[3] += labels.numel()
-    finally:
-        model.train(was_training)
-    if dist_info is not None:
-        all_reduce_sum(sums, dist_info)
+
+def _metrics(sums: torch.Tensor, num_classes: int) -> dict[str, Any]:
     loss, c1, c5, n = (float(x) for x in sums.cpu())
     n_int = round(n)
     if n_int == 0:
         raise ValueError("evaluate: the data is empty (or every image was unreadable)")
-    out: dict[str, Any] = {
+    return {
         "top1_err": 100.0 * (1.0 - c1 / n),
         # With 5 classes or fewer every label is in the top 5: the figure says nothing.
         "top5_err": 100.0 * (1.0 - c5 / n) if num_classes > 5 else None,
@@ -125,9 +135,6 @@ def evaluate(
         "loss": loss / n,
         "n": n_int,
     }
-    if bad:
-        out["bad_files"] = bad  # this process's share when distributed
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,25 +202,11 @@ def _evaluate_source(
     from sknet.data import eval_resize_size
     from sknet.loading import load
     from sknet.train.distributed import resolve_device
-    from sknet.train.pipeline import eval_loader, make_eval_dataset
+    from sknet.train.pipeline import eval_loader
 
     model, record = load(source)
     info = record.info()
-    cfg = info.get("config") or {}
-    data = data or info.get("data") or ("imagefolder" if record.preprocess.resize else None)
-    if not data:
-        raise ValueError(
-            f"{source}: the weights do not say which data they were trained on; pass --data"
-        )
-    if data not in ("synthetic", "cifar10", "cifar100", "imagefolder"):
-        raise ValueError(
-            f"unknown data {data!r}; expected synthetic, cifar10, cifar100 or imagefolder"
-        )
-    same_data = data == info.get("data")
-    if data_dir is None and same_data:
-        data_dir = info.get("data_dir") or cfg.get("data_dir") or None
-    if data != "synthetic" and not data_dir:
-        raise ValueError(f"data={data!r} needs a data directory: pass --data-dir DIR")
+    data, data_dir, same_data = _eval_data(source, record, data, data_dir)
     native = int(info["image_size"]) if same_data else (32 if data.startswith("cifar") else 224)
     if sizes is None:
         sizes = default_eval_sizes(data, native)
@@ -227,28 +220,9 @@ def _evaluate_source(
     channels_last = dev.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    # The weights' own preprocessing applies to their own kind of data (foreign ImageNet
-    # weights carry no data name: theirs is imagefolder).
-    own_pre = same_data or (info.get("data") is None and data == "imagefolder")
-    mean = info["mean"] if own_pre else None
-    std = info["std"] if own_pre else None
-    channel_order = record.preprocess.channel_order if own_pre else "RGB"
-    n_val = val_samples or int(cfg.get("val_samples", 2000))
     results = []
     for size in sizes:
-        ds = make_eval_dataset(
-            data,
-            data_dir=data_dir,
-            image_size=size,
-            mean=mean,
-            std=std,
-            num_samples=n_val,
-            seed=int(cfg.get("seed", 0)),
-            scale_range=tuple(cfg.get("scale_range", (0.15, 0.9))),
-            max_bad=int(cfg.get("max_bad", 50)),
-            channel_order=channel_order,
-        )
-        _match_classes(ds, record, data, data_dir)
+        ds = _eval_dataset(record, data, data_dir, size, same_data, val_samples)
         if ds.num_classes != model.num_classes:
             raise ConfigError(
                 f"the model has {model.num_classes} classes but {data} has {ds.num_classes}"
@@ -284,6 +258,60 @@ def _evaluate_source(
     }
 
 
+def _eval_data(
+    source: str | os.PathLike, record: Any, data: str | None, data_dir: str | None
+) -> tuple[str, str | None, bool]:
+    """The data to evaluate on (default: the weights' own), its folder, and whether it is the
+    data the weights were trained on."""
+    info = record.info()
+    cfg = info.get("config") or {}
+    data = data or info.get("data") or ("imagefolder" if record.preprocess.resize else None)
+    if not data:
+        raise ValueError(
+            f"{source}: the weights do not say which data they were trained on; pass --data"
+        )
+    if data not in DATA_NAMES:
+        raise ValueError(f"unknown data {data!r}; expected {', '.join(DATA_NAMES)}")
+    same_data = data == info.get("data")
+    if data_dir is None and same_data:
+        data_dir = info.get("data_dir") or cfg.get("data_dir") or None
+    if data != "synthetic" and not data_dir:
+        raise ValueError(f"data={data!r} needs a data directory: pass --data-dir DIR")
+    return data, data_dir, same_data
+
+
+def _eval_dataset(
+    record: Any,
+    data: str,
+    data_dir: str | None,
+    size: int,
+    same_data: bool,
+    val_samples: int | None,
+) -> Any:
+    """The evaluation split at ``size``, prepared as the weights expect, classes matched."""
+    from sknet.train.pipeline import make_eval_dataset
+
+    info = record.info()
+    cfg = info.get("config") or {}
+    # The weights' own preprocessing applies to their own kind of data (foreign ImageNet
+    # weights carry no data name: theirs is imagefolder).
+    own_pre = same_data or (info.get("data") is None and data == "imagefolder")
+    ds = make_eval_dataset(
+        data,
+        data_dir=data_dir,
+        image_size=size,
+        mean=info["mean"] if own_pre else None,
+        std=info["std"] if own_pre else None,
+        num_samples=val_samples or int(cfg.get("val_samples", 2000)),
+        seed=int(cfg.get("seed", 0)),
+        scale_range=tuple(cfg.get("scale_range", DEFAULT_SCALE_RANGE)),
+        max_bad=int(cfg.get("max_bad", 50)),
+        channel_order=record.preprocess.channel_order if own_pre else "RGB",
+    )
+    _match_classes(ds, record, data, data_dir)
+    return ds
+
+
 def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> None:
     """Match the evaluation folder's classes to the model's by name (imagefolder data)."""
     if data != "imagefolder":
@@ -298,5 +326,8 @@ def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> Non
             data_dir,
         )
         return
-    align_classes(ds.base, list(record.classes), f"{data_dir}/val")
+    reference = list(record.classes)
+    if record.class_ids and set(ds.base.classes) <= set(record.class_ids):
+        reference = list(record.class_ids)  # folders named by id (ImageNet: n01440764, ...)
+    align_classes(ds.base, reference, f"{data_dir}/val")
     ds.num_classes = int(ds.base.num_classes)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sknet._util import DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError
 from sknet.train.config import TrainConfig
 
@@ -179,7 +180,7 @@ def make_eval_dataset(
     std: tuple[float, ...] | None = None,
     num_samples: int = 2000,
     seed: int = 0,
-    scale_range: tuple[float, float] = (0.15, 0.9),
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
     max_bad: int = 50,
     split: str = "val",
     cache: bool = False,
@@ -261,6 +262,7 @@ def build_data(cfg: TrainConfig) -> DataBundle:
 
     size = cfg.resolved_image_size()
     kind, (mean, std) = _stats(cfg.data)
+    mean, std = cfg.mean or mean, cfg.std or std  # e.g. the fine-tuning init weights' own
     if cfg.data != "synthetic" and not cfg.data_dir:
         raise ValueError(
             f"data={cfg.data!r} needs a data directory: pass --data-dir DIR (nothing is downloaded)"

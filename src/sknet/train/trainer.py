@@ -1,40 +1,36 @@
 """The training loop: plain PyTorch, DDP under torchrun, exact resume, atomic checkpoints.
 
-Run directory layout (written by rank 0)::
+:func:`train` runs one :class:`_Trainer` through named steps: :meth:`~_Trainer.build` (data,
+model, optimiser), :meth:`~_Trainer.resume`, then per epoch :meth:`~_Trainer.train_one_epoch`,
+:meth:`~_Trainer.evaluate` and :meth:`~_Trainer.end_epoch`, and :meth:`~_Trainer.finish` (final
+weights and summary). What changes as it runs is one :class:`~sknet.train.state.TrainState`;
+the run directory's files are described in :mod:`sknet.train.rundir`.
 
-    RUN_DIR/config.toml          resolved TrainConfig (load it with --config to repeat the run)
-    RUN_DIR/metrics.csv          one row per epoch: lr, train loss/acc, val loss/top-1/top-5
-    RUN_DIR/tb/                  TensorBoard events (if tensorboard is importable)
-    RUN_DIR/checkpoints/last.pt  latest checkpoint (every ``checkpoint_every`` steps and epoch)
-    RUN_DIR/checkpoints/best.pt  checkpoint of the epoch with the lowest val top-1 error
-    RUN_DIR/model.safetensors    final weights, self-describing (sknet.weights.load_weights)
-    RUN_DIR/summary.json         final metrics, params, MACs, time (and summary.txt)
-    RUN_DIR/train.log            the log
-
-Interruption and resume: checkpoints are written atomically every ``checkpoint_every`` optimizer
-steps and at every epoch end, with the model, optimizer (and fp16 scaler) state, the position
-(epoch, step in the epoch, global step), the partial epoch metrics and the RNG states of
+Interruption and resume: checkpoints are written atomically every ``checkpoint_every``
+optimizer steps and at every epoch end, with the model, optimizer (and fp16 scaler) state, the
+``TrainState`` (position, partial epoch sums, best epoch, history, ...) and the RNG states of
 Python/NumPy/torch of every rank. The sample order of an epoch and each sample's augmentation are
 pure functions of ``(seed, epoch, index)``, so ``--resume`` skips the consumed samples and
 continues from the last checkpoint; the steps done after it are recomputed. With
 ``deterministic=True`` and a fixed thread count the result on the CPU is bit-identical to an
-uninterrupted run (tested); on GPUs it is as reproducible as cuDNN/NCCL make it. A NaN/inf loss
-stops the run (``NonFiniteLossError``): on the CPU before the bad step is applied, on GPUs
-within ``log_every`` steps (checked without a per-step sync); checkpoints are only written when
-all weights are finite, so the last one is kept good.
+uninterrupted run (tested, also from checkpoints of earlier sknet versions); on GPUs it is as
+reproducible as cuDNN/NCCL make it. A NaN/inf loss stops the run (``NonFiniteLossError``): on the
+CPU before the bad step is applied, on GPUs within ``log_every`` steps (checked without a
+per-step sync); checkpoints are only written when all weights are finite, so the last one is
+kept good.
 
 Departures from the paper's training description (which gives only the optimiser, batch,
-schedule, weight decay, label smoothing and augmentation): weight decay applies to all
-parameters (BN and biases included, as in the 2019 reference implementations); ``batch_size`` is
-the global batch and the learning rate follows the linear scaling rule relative to
-``lr_reference_batch``; the optional warm-up is linear from ``lr / warmup_steps``.
+schedule, weight decay, label smoothing and augmentation): ``batch_size`` is the global batch and
+the learning rate follows the linear scaling rule relative to ``lr_reference_batch``; the
+optional warm-up is linear from ``lr / warmup_steps``. Weight decay applies to every parameter
+unless ``wd_exclude_bn_bias`` (on in the paper presets: the official release's ``decay_mult: 0``
+on BatchNorm parameters and the classifier bias; it also gives the classifier bias twice the
+learning rate, which we do not copy).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
 import json
 import logging
 import math
@@ -49,13 +45,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sknet._files import RunLock, atomic_write_text
-from sknet.errors import RunDirError
+from sknet._files import RunLock
+from sknet._util import autocast, jsonable
+from sknet.train import rundir
 from sknet.train.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    weights_digest,
 )
 from sknet.train.config import TrainConfig, apply_overrides
 from sknet.train.distributed import (
@@ -69,6 +67,7 @@ from sknet.train.distributed import (
     setup_distributed,
 )
 from sknet.train.evaluate import evaluate
+from sknet.train.finetune import init_state, param_groups, resolve_init, set_freeze
 from sknet.train.pipeline import (
     DataBundle,
     PositionedSampler,
@@ -76,42 +75,18 @@ from sknet.train.pipeline import (
     eval_loader,
     loader_kwargs,
 )
+from sknet.train.rundir import RESUME_MUTABLE_KEYS, pct
+from sknet.train.state import TrainState
 
-__all__ = ["NonFiniteLossError", "learning_rate", "train", "weights_digest"]
+__all__ = [
+    "RESUME_MUTABLE_KEYS",
+    "NonFiniteLossError",
+    "learning_rate",
+    "train",
+    "weights_digest",
+]
 
 log = logging.getLogger("sknet.train")
-
-#: Config keys that may differ when resuming (they do not change the computation).
-RESUME_MUTABLE_KEYS = frozenset(
-    {
-        "workers",
-        "log_every",
-        "tensorboard",
-        "device",
-        "threads",
-        "eval_batch_size",
-        "rank_summaries",
-        "description",
-        "preset",
-        "cache_data",
-        "data_dir",
-    }
-)
-
-CSV_FIELDS = (
-    "epoch",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_top1_err",
-    "val_top5_err",
-    "val_acc",
-    "epoch_seconds",
-    "img_per_s",
-    "elapsed_seconds",
-)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,18 +110,8 @@ def learning_rate(cfg: TrainConfig, step: int, epoch: int, steps_per_epoch: int)
     return cfg.min_lr + (base - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 over the state dict (names, dtypes, shapes and bytes): equal iff bit-identical."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
-# engine state (restored after each call of train)
+# process-wide settings and small helpers
 # ---------------------------------------------------------------------------------------------
 
 
@@ -180,30 +145,6 @@ def _engine_state(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-@contextlib.contextmanager
-def _run_log(path: Path | None) -> Iterator[None]:
-    """Mirror the ``sknet`` loggers into ``path`` (rank 0) for the duration of the run."""
-    if path is None:
-        yield
-        return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    targets = [logging.getLogger("sknet.train"), logging.getLogger("sknet.data")]
-    old_levels = [lg.level for lg in targets]
-    for lg in targets:
-        lg.addHandler(handler)
-        if lg.getEffectiveLevel() > logging.INFO:
-            lg.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for lg, lvl in zip(targets, old_levels):
-            lg.removeHandler(handler)
-            lg.setLevel(lvl)
-        handler.close()
-
-
 def _clean_loader_error(exc: BaseException) -> BaseException:
     """DataLoader worker errors carry the worker's traceback in the message: keep its last line."""
     msg = str(exc)
@@ -217,86 +158,6 @@ def _clean_loader_error(exc: BaseException) -> BaseException:
         return type(exc)(last)
     except Exception:  # pragma: no cover - exotic exception signatures
         return RuntimeError(last)
-
-
-def _tensorboard(log_dir: Path, purge_step: int | None) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception as exc:  # ImportError (tensorboard missing) or its own import errors
-        log.info("TensorBoard logging skipped (tensorboard not importable: %s)", exc)
-        return None
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
-
-
-def _model_meta(cfg: TrainConfig, model: nn.Module, data: DataBundle) -> dict[str, Any]:
-    from sknet.train.config import _plain
-
-    from sknet.weights import arch_config_of
-
-    return {
-        "model": cfg.model,
-        "num_classes": int(model.num_classes),
-        "in_chans": int(model.in_chans),
-        "model_overrides": _plain(dict(cfg.model_overrides)),
-        "arch": arch_config_of(model),
-        "classes": list(data.classes) if data.classes else None,
-        "image_size": int(data.image_size),
-        "data": cfg.data,
-        "mean": [float(x) for x in data.mean],
-        "std": [float(x) for x in data.std],
-    }
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.toml").is_file():
-            raise FileNotFoundError(
-                f"cannot resume: {run_dir} is not a run directory (no config.toml)"
-            )
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
-    taken = [
-        p for p in ("config.toml", "checkpoints", "model.safetensors") if (run_dir / p).exists()
-    ]
-    if taken:
-        raise ValueError(
-            f"{run_dir} already holds a run ({', '.join(taken)}); resume it with --resume "
-            f"{run_dir} or choose another --out"
-        )
-
-
-def _refuse_results_without_checkpoint(run_dir: Path) -> None:
-    """A run that has results but no ``last.pt`` must not silently restart over them."""
-    results = [
-        p
-        for p in ("model.safetensors", "summary.json", "checkpoints/best.pt")
-        if (run_dir / p).exists()
-    ]
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file() and len(metrics.read_text(encoding="utf-8").splitlines()) > 1:
-        results.append("metrics.csv")
-    if results:
-        raise RunDirError(
-            f"cannot resume {run_dir}: it holds results ({', '.join(results)}) but no "
-            "checkpoints/last.pt, so resuming would retrain from scratch over them; restore "
-            "the checkpoint, or start a new run with another --out"
-        )
-
-
-def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    now = cfg.to_dict()
-    diff = sorted(
-        k
-        for k in set(saved) | set(now)
-        if k not in RESUME_MUTABLE_KEYS and saved.get(k) != now.get(k)
-    )
-    if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
-        raise ValueError(
-            f"cannot resume with a different config ({shown}); only "
-            f"{', '.join(sorted(RESUME_MUTABLE_KEYS))} may change"
-        )
 
 
 def _on_main(fn: Any, dist: DistInfo) -> Any:
@@ -319,8 +180,41 @@ def _on_main(fn: Any, dist: DistInfo) -> Any:
     return result
 
 
-def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def _model_meta(
+    cfg: TrainConfig, model: nn.Module, data: DataBundle, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """What a checkpoint records about the network and its inputs (read by sknet.load)."""
+    from sknet.weights import arch_config_of
+
+    meta = {
+        "model": cfg.model,
+        "num_classes": int(model.num_classes),
+        "in_chans": int(model.in_chans),
+        "model_overrides": jsonable(dict(cfg.model_overrides)),
+        "arch": arch_config_of(model),
+        "classes": list(data.classes) if data.classes else None,
+        "image_size": int(data.image_size),
+        "data": cfg.data,
+        "mean": [float(x) for x in data.mean],
+        "std": [float(x) for x in data.std],
+    }
+    if provenance:  # fine-tuned runs only: earlier checkpoints have no such key
+        meta["provenance"] = provenance
+    return meta
+
+
+class _Window:
+    """Images and time since the last progress update (for the img/s figure)."""
+
+    def __init__(self) -> None:
+        self.start, self.images = time.perf_counter(), 0
+
+    def rate(self, world_size: int) -> float:
+        """Images per second over all processes since the last call; starts a new window."""
+        now = time.perf_counter()
+        ips = self.images * world_size / max(1e-9, now - self.start)
+        self.start, self.images = now, 0
+        return ips
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,517 +222,578 @@ def _all_finite(model: nn.Module) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Run:
-    """State of one call of :func:`train` (kept in one object so checkpoints are complete)."""
+class _Trainer:
+    """One call of :func:`train`: the built objects, the :class:`TrainState` and the steps."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, progress: bool) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.dist = dist
+        self.device = dist.device
         self.progress = progress and dist.is_main
         self.ckpt_dir = run_dir / "checkpoints"
-        self.bad_files: list[str] = []
-        self._bad_set: set[str] = set()
+        self.state = TrainState(partial=torch.zeros(3, dtype=torch.float64, device=self.device))
         self.tb: Any = None
         self.provenance: dict[str, Any] = {}  # where the initial weights came from
+        self.val_shard_n: int | None = None  # this rank's share of the last evaluation
+        # A counter of non-finite losses, summed on the device so that checking it costs a
+        # sync only when :meth:`check_finite` runs (every step on the CPU, else at log steps).
+        self.nonfinite = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.check_every = 1 if self.device.type == "cpu" else cfg.log_every
 
-    # -------------------------------------------------------------- helpers
-
-    def note_bad(self, names: list[str] | tuple[str, ...]) -> None:
-        for entry in names:
-            for name in entry.split("\n") if entry else ():
-                if name and name not in self._bad_set:
-                    self._bad_set.add(name)
-                    self.bad_files.append(name)
-                    log.warning(
-                        "skipped unreadable image %s (%d so far)", name, len(self.bad_files)
-                    )
-        if len(self.bad_files) > self.cfg.max_bad:
-            first = ", ".join(self.bad_files[:5])
-            raise RuntimeError(
-                f"{len(self.bad_files)} unreadable images, more than max_bad={self.cfg.max_bad} "
-                f"(first: {first}); fix or remove them, or raise max_bad"
-            )
-
-    def gather_bad(self) -> None:
-        if self.dist.distributed:
-            merged: list[str] = []
-            for lst in all_gather_objects(self.bad_files, self.dist):
-                merged.extend(lst)
-            self.note_bad(merged)
-
-    def sync_buffers(self, module: nn.Module) -> None:
-        """Make every rank's BN running statistics rank 0's (DDP only syncs them on forward)."""
-        if self.dist.distributed:
-            import torch.distributed as tdist
-
-            for b in module.buffers():
-                tdist.broadcast(b, 0)
-
-    # -------------------------------------------------------------- main
+    # ----------------------------------------------------------------------- the whole run
 
     def run(self, resume: bool) -> dict[str, Any]:
-        cfg, dist, run_dir = self.cfg, self.dist, self.run_dir
-        t_start = time.perf_counter()
-        device = dist.device
-        if cfg.amp == "fp16" and device.type != "cuda":
+        self.check_engine()
+        ckpt = _on_main(lambda: self.read_checkpoint(resume), self.dist)
+        self.build(ckpt)
+        if ckpt is not None:
+            self.resume(ckpt)
+        self.open_outputs(resume, resumed=ckpt is not None)
+        while self.state.epoch < self.cfg.epochs:
+            t_epoch = time.perf_counter()
+            images = self.train_one_epoch()
+            seconds = time.perf_counter() - t_epoch
+            self.sync_buffers()
+            train_stats = self.train_stats()
+            val = self.evaluate() if self.eval_due() else {}
+            self.end_epoch(train_stats, val, seconds, images)
+        return self.finish(resumed=ckpt is not None)
+
+    def check_engine(self) -> None:
+        if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
-        if cfg.sync_bn and dist.distributed and device.type != "cuda":
+        if self.cfg.sync_bn and self.dist.distributed and self.device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
-        mb = cfg.micro_batch(dist.world_size)
 
-        # ---- checkpoint to resume from (rank 0 reads, everyone receives)
-        def read_checkpoint() -> dict[str, Any] | None:
-            if not resume:
-                return None
-            for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a kill during a save
-                stale.unlink(missing_ok=True)
-            last = self.ckpt_dir / "last.pt"
-            if not last.is_file():
-                _refuse_results_without_checkpoint(run_dir)
-                log.info("no checkpoint in %s yet: starting from scratch", run_dir)
-                return None
-            state = load_checkpoint(last)
-            _check_resume_config(state["config"], cfg)
-            return state
+    # ----------------------------------------------------------------------- build
 
-        ckpt: dict[str, Any] | None = _on_main(read_checkpoint, dist)
-
-        # ---- data
-        data = build_data(cfg)
-        num_classes = cfg.num_classes or data.num_classes
-        if cfg.num_classes and cfg.num_classes != data.num_classes:
+    def build(self, ckpt: dict[str, Any] | None) -> None:
+        """Data, model (from the checkpoint, the init weights or the seed), optimiser, sampler."""
+        cfg, dist = self.cfg, self.dist
+        self.mb = cfg.micro_batch(dist.world_size)
+        # Data first: building it must not shift the seeded model initialisation below.
+        self.data = build_data(cfg)
+        self.num_classes = cfg.num_classes or self.data.num_classes
+        if cfg.num_classes and cfg.num_classes != self.data.num_classes:
             raise ValueError(
-                f"num_classes={cfg.num_classes} but {cfg.data} has {data.num_classes} classes"
+                f"num_classes={cfg.num_classes} but {cfg.data} has {self.data.num_classes} classes"
             )
+        self.build_model(ckpt)
+        self.build_optimizer()
+        self.sampler = PositionedSampler(self.data.train, dist.world_size, dist.rank, seed=cfg.seed)
+        micro = (self.sampler.num_samples // self.mb) // cfg.grad_accum * cfg.grad_accum
+        self.micro_per_epoch, self.steps_per_epoch = micro, micro // cfg.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(self.data.train)} training samples give no full batch of "
+                f"{cfg.batch_size}; lower batch_size or raise num_samples"
+            )
+        eval_bs = cfg.eval_batch_size or 2 * self.mb
+        self.val_loader = eval_loader(
+            self.data.val, eval_bs, dist.rank, dist.world_size, cfg.workers, self.device
+        )
 
-        # ---- model (same initialisation on every rank)
+    def build_model(self, ckpt: dict[str, Any] | None) -> None:
         from sknet import complexity, create_model
 
+        cfg, dist, data = self.cfg, self.dist, self.data
+        # Every rank seeds alike here, so every rank starts from the same weights.
         seed_everything(cfg.seed)
-        model = create_model(cfg.model, num_classes=num_classes, **dict(cfg.model_overrides))
+        model = create_model(cfg.model, num_classes=self.num_classes, **dict(cfg.model_overrides))
         if data.image_size < model.min_input_size:
             raise ValueError(
                 f"image_size {data.image_size} is below {cfg.model}'s minimum input "
                 f"{model.min_input_size}"
             )
-        cx = complexity(model, data.image_size)
-        meta = _model_meta(cfg, model, data)
+        set_freeze(model, cfg.freeze_stages)
+        self.cx = complexity(model, data.image_size)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
-        model.to(device)
+            self.provenance = dict(ckpt["meta"].get("provenance") or {})
+        elif cfg.init:
+            state, self.provenance = _on_main(lambda: init_state(cfg, model, data.classes), dist)
+            model.load_state_dict(state)
+        self.meta = _model_meta(cfg, model, data, self.provenance)
+        model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and dist.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif cfg.sync_bn:
             log.info("sync_bn ignored: a single process")
-        net: nn.Module = model
+        self.model: nn.Module = model
+        self.net: nn.Module = model
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        seed_everything(cfg.seed + dist.rank)  # per-rank streams from here on
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(model, device_ids=ids)
+        # From here on each rank draws its own random numbers.
+        seed_everything(cfg.seed + dist.rank)
 
-        optimizer: torch.optim.Optimizer
+    def build_optimizer(self) -> None:
+        cfg = self.cfg
+        params = param_groups(self.model, cfg)
+        self.optimizer: torch.optim.Optimizer
         if cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(
-                model.parameters(), lr=cfg.effective_lr(), weight_decay=cfg.weight_decay
+            self.optimizer = torch.optim.AdamW(
+                params, lr=cfg.effective_lr(), weight_decay=cfg.weight_decay
             )
         else:
-            optimizer = torch.optim.SGD(
-                model.parameters(),
+            self.optimizer = torch.optim.SGD(
+                params,
                 lr=cfg.effective_lr(),
                 momentum=cfg.momentum,
                 nesterov=cfg.nesterov,
                 weight_decay=cfg.weight_decay,
             )
-        scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-        sampler = PositionedSampler(data.train, dist.world_size, dist.rank, seed=cfg.seed)
-        micro_per_epoch = (sampler.num_samples // mb) // cfg.grad_accum * cfg.grad_accum
-        steps_per_epoch = micro_per_epoch // cfg.grad_accum
-        if steps_per_epoch < 1:
-            raise ValueError(
-                f"{len(data.train)} training samples give no full batch of {cfg.batch_size}; "
-                "lower batch_size or raise num_samples"
-            )
+    # ----------------------------------------------------------------------- resume
 
-        # ---- position
-        epoch, step_in_epoch, global_step, rows, elapsed_before = 0, 0, 0, 0, 0.0
-        best: dict[str, Any] = {"epoch": None, "top1_err": None}
-        partial = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, n
-        history: list[dict[str, Any]] = []
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            pos = ckpt["position"]
-            epoch, step_in_epoch, global_step = (
-                pos["epoch"],
-                pos["step_in_epoch"],
-                pos["global_step"],
-            )
-            rows, elapsed_before = int(ckpt["metrics_rows"]), float(ckpt["elapsed"])
-            best = dict(ckpt["best"])
-            history = list(ckpt.get("history", []))
-            self.bad_files = list(ckpt.get("bad_files", []))
-            self._bad_set = set(self.bad_files)
-            if dist.is_main:
-                partial += ckpt["partial"].to(device)
-            rng = ckpt["rng"]
-            if int(ckpt["world_size"]) == dist.world_size:
-                restore_rng_state(rng[dist.rank])
-            else:
-                log.warning(
-                    "resuming with %d processes (checkpoint: %d): the remaining samples of epoch "
-                    "%d are split differently, so the result is not bit-identical",
-                    dist.world_size,
-                    ckpt["world_size"],
-                    epoch + 1,
-                )
-            log.info(
-                "resuming %s at epoch %d, step %d/%d (global step %d)",
-                run_dir,
-                epoch + 1,
-                step_in_epoch,
-                steps_per_epoch,
-                global_step,
-            )
+    def read_checkpoint(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (rank 0 reads it; :func:`_on_main` shares it)."""
+        if not resume:
+            return None
+        for stale in self.ckpt_dir.glob(".*.tmp"):  # left by a kill during a save
+            stale.unlink(missing_ok=True)
+        last = self.ckpt_dir / "last.pt"
+        if not last.is_file():
+            rundir.refuse_results_without_checkpoint(self.run_dir)
+            log.info("no checkpoint in %s yet: starting from scratch", self.run_dir)
+            return None
+        state = load_checkpoint(last)
+        rundir.check_resume_config(state["config"], self.cfg)
+        return state
 
-        # ---- outputs
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Restore optimiser, scaler, train state and RNG states (the model is loaded in
+        :meth:`build_model`)."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        # The stored partial sums are over all ranks: rank 0 takes them, the others start at 0.
+        self.state.load_state_dict(ckpt, holds_partial=self.dist.is_main)
+        st = self.state
+        # Each rank continues its own random stream; with another process count the remaining
+        # samples of the epoch are split differently anyway, so exactness is lost regardless.
+        if int(ckpt["world_size"]) == self.dist.world_size:
+            restore_rng_state(ckpt["rng"][self.dist.rank])
+        else:
+            log.warning(
+                "resuming with %d processes (checkpoint: %d): the remaining samples of epoch "
+                "%d are split differently, so the result is not bit-identical",
+                self.dist.world_size,
+                ckpt["world_size"],
+                st.epoch + 1,
+            )
+        log.info(
+            "resuming %s at epoch %d, step %d/%d (global step %d)",
+            self.run_dir,
+            st.epoch + 1,
+            st.step_in_epoch,
+            self.steps_per_epoch,
+            st.global_step,
+        )
+
+    # ----------------------------------------------------------------------- outputs
+
+    def open_outputs(self, resume: bool, resumed: bool) -> None:
+        """Config, metrics.csv (cut back to the checkpoint's epochs), TensorBoard, first logs."""
+        cfg, dist = self.cfg, self.dist
         if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
-                try:  # exclusive creation: two runs never share a directory
-                    with open(run_dir / "config.toml", "x", encoding="utf-8") as fh:
-                        fh.write(cfg.to_toml())
-                except FileExistsError:
-                    raise ValueError(
-                        f"{run_dir} was taken by another run meanwhile; choose another --out"
-                    ) from None
-            self._prepare_csv(rows)
+                rundir.write_config(self.run_dir, cfg)
+            rundir.prepare_csv(self.run_dir, self.state.metrics_rows)
             if cfg.tensorboard:
-                self.tb = _tensorboard(run_dir / "tb", global_step if ckpt is not None else None)
-            log.info(
-                "%s: %s params, %.1f MMACs at %dpx | %s: %d train / %d val images, %d classes",
-                cfg.model,
-                f"{cx.params:,}",
-                cx.macs / 1e6,
-                data.image_size,
-                cfg.data,
-                len(data.train),
-                len(data.val),
-                num_classes,
-            )
-            log.info(
-                "%d epochs x %d steps, global batch %d (%d per process x %d processes x %d "
-                "accumulation), lr %.4g (%s), device %s",
-                cfg.epochs,
-                steps_per_epoch,
-                cfg.batch_size,
-                mb,
-                dist.world_size,
-                cfg.grad_accum,
-                cfg.effective_lr(),
-                cfg.schedule,
-                device,
-            )
+                purge = self.state.global_step if resumed else None
+                self.tb = rundir.tensorboard_writer(self.run_dir / "tb", purge)
+            self.log_setup()
         barrier(dist)
 
-        amp_ctx = _amp_factory(cfg.amp, device)
-        eval_bs = cfg.eval_batch_size or 2 * mb
-        val_loader = eval_loader(data.val, eval_bs, dist.rank, dist.world_size, cfg.workers, device)
-        val: dict[str, Any] = next((dict(h["val"]) for h in reversed(history) if h["val"]), {})
-        train_stats: dict[str, float] = dict(history[-1]["train"]) if history else {}
-        nonfinite = torch.zeros((), dtype=torch.float32, device=device)
-        check_every = 1 if device.type == "cpu" else cfg.log_every
+    def log_setup(self) -> None:
+        cfg, data = self.cfg, self.data
+        log.info(
+            "%s: %s params, %.1f MMACs at %dpx | %s: %d train / %d val images, %d classes",
+            cfg.model,
+            f"{self.cx.params:,}",
+            self.cx.macs / 1e6,
+            data.image_size,
+            cfg.data,
+            len(data.train),
+            len(data.val),
+            self.num_classes,
+        )
+        log.info(
+            "%d epochs x %d steps, global batch %d (%d per process x %d processes x %d "
+            "accumulation), lr %.4g (%s), device %s",
+            cfg.epochs,
+            self.steps_per_epoch,
+            cfg.batch_size,
+            self.mb,
+            self.dist.world_size,
+            cfg.grad_accum,
+            cfg.effective_lr(),
+            cfg.schedule,
+            self.device,
+        )
+        if self.provenance:
+            log.info("initial weights: %s (%s)", cfg.init, self.provenance.get("init_model"))
 
-        def checkpoint_state(pos_epoch: int, pos_step: int) -> dict[str, Any] | None:
-            """Gather what a checkpoint needs (collective: call on every rank)."""
-            total = partial.clone()
-            all_reduce_sum(total, dist)
-            rngs = all_gather_objects(capture_rng_state(), dist)
-            bad = self.bad_files
-            if not dist.is_main:
-                return None
-            return {
-                "config": cfg.to_dict(),
-                "meta": meta,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "position": {
-                    "epoch": pos_epoch,
-                    "step_in_epoch": pos_step,
-                    "global_step": global_step,
-                },
-                "partial": total.cpu(),
-                "metrics_rows": rows,
-                "elapsed": elapsed_before + time.perf_counter() - t_start,
-                "best": best,
-                "history": history,
-                "bad_files": list(bad),
-                "rng": rngs,
-                "world_size": dist.world_size,
-            }
+    # ----------------------------------------------------------------------- one epoch
 
-        def write_checkpoint(pos_epoch: int, pos_step: int, *, is_best: bool = False) -> None:
-            self.gather_bad()
-            self.sync_buffers(model)
-            finite = torch.tensor(float(_all_finite(model)), device=device)
-            all_reduce_sum(finite, dist)
-            if int(finite.item()) != dist.world_size:
-                last = self.ckpt_dir / "last.pt"
-                kept = (
-                    f"the last good checkpoint {last} is kept"
-                    if last.is_file()
-                    else "no checkpoint was written yet"
-                )
-                raise NonFiniteLossError(
-                    f"the weights became non-finite (epoch {epoch + 1}, step {global_step}); "
-                    f"stopped, {kept}; lower --lr"
-                )
-            state = checkpoint_state(pos_epoch, pos_step)
-            if state is not None:
-                save_checkpoint(state, self.ckpt_dir / "last.pt")
-                if is_best:
-                    save_checkpoint(state, self.ckpt_dir / "best.pt")
-            barrier(dist)
+    def train_one_epoch(self) -> int:
+        """Train the rest of the epoch in progress; returns the images this process trained."""
+        cfg, st = self.cfg, self.state
+        start_micro = st.step_in_epoch * cfg.grad_accum
+        # The sampler skips the samples consumed before the checkpoint without loading them.
+        self.sampler.set_position(st.epoch, start_micro * self.mb)
+        loader = DataLoader(
+            self.data.train,
+            batch_size=self.mb,
+            sampler=self.sampler,
+            drop_last=True,
+            **loader_kwargs(cfg.workers, self.device),
+        )
+        self.net.train()
+        window, bar = _Window(), self.progress_bar()
+        it = iter(loader)
+        try:
+            for micro in range(start_micro, self.micro_per_epoch):
+                batch = self.next_batch(it)
+                if batch is None:  # pragma: no cover - guarded by micro_per_epoch
+                    break
+                if micro % cfg.grad_accum == 0:
+                    self.set_lr()
+                last_micro = (micro + 1) % cfg.grad_accum == 0
+                loss = self.forward_backward(*batch, sync=last_micro)
+                window.images += batch[1].numel()
+                if last_micro:
+                    self.optimizer_step(loss, window, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            del it  # shuts down loader workers now, also on errors
+        self.check_finite()
+        return (self.micro_per_epoch - start_micro) * self.mb
 
-        def check_finite(loss_value: float | None = None) -> None:
-            bad = nonfinite.clone()
-            all_reduce_sum(bad, dist)
-            if float(bad) > 0:
-                last = self.ckpt_dir / "last.pt"
-                kept = (
-                    f"the last good checkpoint {last} is kept"
-                    if last.is_file()
-                    else "no checkpoint was written yet"
-                )
-                hint = "--lr" + (
-                    f", or amp='none' instead of {cfg.amp!r}" if cfg.amp != "none" else ""
-                )
-                raise NonFiniteLossError(
-                    f"non-finite loss in optimizer step {global_step + 1} (epoch {epoch + 1}, lr "
-                    f"{optimizer.param_groups[0]['lr']:.4g}); training stopped and {kept}. "
-                    f"Start a new run with a smaller learning rate ({hint})"
-                )
+    def progress_bar(self) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
 
-        # ---- epochs
-        while epoch < cfg.epochs:
-            start_micro = step_in_epoch * cfg.grad_accum
-            sampler.set_position(epoch, start_micro * mb)
-            loader = DataLoader(
-                data.train,
-                batch_size=mb,
-                sampler=sampler,
-                drop_last=True,
-                **loader_kwargs(cfg.workers, device),
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=self.state.step_in_epoch,
+            desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}",
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    def next_batch(self, it: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            images, labels, bad = next(it)
+        except StopIteration:  # pragma: no cover - guarded by micro_per_epoch
+            return None
+        except Exception as exc:
+            raise _clean_loader_error(exc) from None
+        if any(bad):
+            self.note_bad(list(bad))
+        return images, labels
+
+    def set_lr(self) -> None:
+        """The schedule's learning rate for the next optimizer step, times each group's
+        ``lr_scale`` (fine-tuning's backbone factor; absent: 1)."""
+        st = self.state
+        lr = learning_rate(self.cfg, st.global_step, st.epoch, self.steps_per_epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    def current_lr(self) -> float:
+        """The schedule's learning rate of the last step (that of the classifier's group)."""
+        groups = self.optimizer.param_groups
+        return next((g["lr"] for g in groups if g.get("lr_scale", 1.0) == 1.0), groups[0]["lr"])
+
+    def forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, *, sync: bool
+    ) -> torch.Tensor:
+        """Forward and backward pass of one micro-batch; returns its (detached) loss."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # Under DDP, gradients are all-reduced only after the last micro-batch of a step.
+        no_sync = self.dist.distributed and not sync
+        with self.net.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with autocast(self.device, cfg.amp):
+                logits = self.net(images)
+                loss = self.criterion(logits.float(), labels)
+            scaled = loss / cfg.grad_accum
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        with torch.no_grad():
+            ld = loss.detach()
+            self.nonfinite += (~torch.isfinite(ld)).float()
+            partial = self.state.partial
+            partial[0] += ld.double() * labels.numel()
+            partial[1] += (logits.detach().argmax(1) == labels).sum()
+            partial[2] += labels.numel()
+        return ld
+
+    def optimizer_step(self, loss: torch.Tensor, window: _Window, bar: Any) -> None:
+        """Apply the accumulated gradients, then log and checkpoint when due."""
+        cfg, st = self.cfg, self.state
+        if st.global_step % self.check_every == 0:
+            self.check_finite()  # on the CPU: before a bad step is applied
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.global_step += 1
+        st.step_in_epoch += 1
+        if st.step_in_epoch % cfg.log_every == 0 or st.step_in_epoch == self.steps_per_epoch:
+            self.check_finite()
+            self.log_step(loss, window.rate(self.dist.world_size), bar)
+        if bar is not None:
+            bar.update(1)
+        mid_epoch = st.step_in_epoch < self.steps_per_epoch  # epoch ends save in end_epoch
+        if cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0 and mid_epoch:
+            self.check_finite()
+            self.save_checkpoint()
+
+    def log_step(self, loss: torch.Tensor, ips: float, bar: Any) -> None:
+        if not self.dist.is_main:
+            return
+        loss_v, lr, step = float(loss), self.current_lr(), self.state.global_step
+        if bar is not None:
+            partial = self.state.partial
+            acc = float(partial[1] / partial[2].clamp(min=1)) * 100
+            bar.set_postfix(
+                loss=f"{loss_v:.3f}", acc=f"{acc:.1f}%", img_s=f"{ips:.0f}", lr=f"{lr:.3g}",
+                refresh=False,
+            )  # fmt: skip
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss_step", loss_v, step)
+            self.tb.add_scalar("train/lr", lr, step)
+            self.tb.add_scalar("train/img_per_s", ips, step)
+
+    def check_finite(self) -> None:
+        """Stop the run (on every rank) if any rank has seen a non-finite loss."""
+        bad = self.nonfinite.clone()
+        all_reduce_sum(bad, self.dist)
+        if float(bad) > 0:
+            cfg, st = self.cfg, self.state
+            hint = "--lr" + (f", or amp='none' instead of {cfg.amp!r}" if cfg.amp != "none" else "")
+            raise NonFiniteLossError(
+                f"non-finite loss in optimizer step {st.global_step + 1} (epoch {st.epoch + 1}, "
+                f"lr {self.current_lr():.4g}); training stopped and {self.kept_checkpoint()}. "
+                f"Start a new run with a smaller learning rate ({hint})"
             )
-            net.train()
-            t_epoch = time.perf_counter()
-            t_win, n_win = t_epoch, 0
-            bar = None
-            if self.progress:
-                from tqdm.auto import tqdm
 
-                bar = tqdm(
-                    total=steps_per_epoch,
-                    initial=step_in_epoch,
-                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                    dynamic_ncols=True,
-                    leave=True,
-                )
-            micro = start_micro
-            it = iter(loader)
-            try:
-                while micro < micro_per_epoch:
-                    try:
-                        images, labels, bad = next(it)
-                    except StopIteration:  # pragma: no cover - guarded by micro_per_epoch
-                        break
-                    except Exception as exc:
-                        raise _clean_loader_error(exc) from None
-                    if any(bad):
-                        self.note_bad(list(bad))
-                    first = micro % cfg.grad_accum == 0
-                    last_micro = (micro + 1) % cfg.grad_accum == 0
-                    if first:
-                        lr = learning_rate(cfg, global_step, epoch, steps_per_epoch)
-                        for g in optimizer.param_groups:
-                            g["lr"] = lr
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    if cfg.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    sync_ctx = (
-                        net.no_sync()
-                        if dist.distributed and not last_micro
-                        else contextlib.nullcontext()
-                    )
-                    with sync_ctx:
-                        with amp_ctx():
-                            logits = net(images)
-                            loss = criterion(logits.float(), labels)
-                        scaled = loss / cfg.grad_accum
-                        if scaler is not None:
-                            scaler.scale(scaled).backward()
-                        else:
-                            scaled.backward()
-                    with torch.no_grad():
-                        ld = loss.detach()
-                        nonfinite += (~torch.isfinite(ld)).float()
-                        partial[0] += ld.double() * labels.numel()
-                        partial[1] += (logits.detach().argmax(1) == labels).sum()
-                        partial[2] += labels.numel()
-                    micro += 1
-                    n_win += labels.numel()
-                    if not last_micro:
-                        continue
-                    if global_step % check_every == 0:
-                        check_finite()
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    global_step += 1
-                    step_in_epoch += 1
-                    if step_in_epoch % cfg.log_every == 0 or step_in_epoch == steps_per_epoch:
-                        check_finite()
-                        now = time.perf_counter()
-                        ips = n_win * dist.world_size / max(1e-9, now - t_win)
-                        t_win, n_win = now, 0
-                        if dist.is_main:
-                            loss_v = float(ld)
-                            if bar is not None:
-                                acc = float(partial[1] / partial[2].clamp(min=1)) * 100
-                                bar.set_postfix(
-                                    loss=f"{loss_v:.3f}",
-                                    acc=f"{acc:.1f}%",
-                                    img_s=f"{ips:.0f}",
-                                    lr=f"{lr:.3g}",
-                                    refresh=False,
-                                )
-                            if self.tb is not None:
-                                self.tb.add_scalar("train/loss_step", loss_v, global_step)
-                                self.tb.add_scalar("train/lr", lr, global_step)
-                                self.tb.add_scalar("train/img_per_s", ips, global_step)
-                    if bar is not None:
-                        bar.update(1)
-                    if (
-                        cfg.checkpoint_every
-                        and global_step % cfg.checkpoint_every == 0
-                        and step_in_epoch < steps_per_epoch
-                    ):
-                        check_finite()
-                        write_checkpoint(epoch, step_in_epoch)
-            finally:
-                if bar is not None:
-                    bar.close()
-                del it
-            check_finite()
+    def kept_checkpoint(self) -> str:
+        last = self.ckpt_dir / "last.pt"
+        if last.is_file():
+            return f"the last good checkpoint {last} is kept"
+        return "no checkpoint was written yet"
 
-            # ---- end of epoch: metrics, evaluation, checkpoint
-            epoch_seconds = time.perf_counter() - t_epoch
-            self.sync_buffers(model)
-            totals = partial.clone()
-            all_reduce_sum(totals, dist)
-            n_seen = max(1.0, float(totals[2]))
-            train_stats = {
-                "loss": float(totals[0]) / n_seen,
-                "acc": 100.0 * float(totals[1]) / n_seen,
-            }
-            images_epoch = (micro_per_epoch - start_micro) * mb * dist.world_size
-            ips_epoch = images_epoch / max(1e-9, epoch_seconds)
-            val_now: dict[str, Any] = {}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                try:
-                    val_now = evaluate(
-                        model,
-                        val_loader,
-                        device=device,
-                        amp=cfg.amp,
-                        channels_last=cfg.channels_last,
-                        dist_info=dist,
-                    )
-                except Exception as exc:
-                    raise _clean_loader_error(exc) from None
-            epoch += 1
-            step_in_epoch = 0
-            partial.zero_()
-            self.note_bad(val_now.pop("bad_files", []))
-            if val_now:
-                val = val_now
-            is_best = bool(val_now) and (
-                best["top1_err"] is None or val_now["top1_err"] < best["top1_err"]
+    # ----------------------------------------------------------------------- end of an epoch
+
+    def sync_buffers(self) -> None:
+        """Make every rank's BN running statistics rank 0's: DDP broadcasts buffers only at the
+        start of a forward pass, so after the last step they differ, and evaluation and
+        checkpoints must see one set."""
+        if self.dist.distributed:
+            import torch.distributed as tdist
+
+            for b in self.model.buffers():
+                tdist.broadcast(b, 0)
+
+    def train_stats(self) -> dict[str, float]:
+        """Train loss and accuracy of the epoch, over all ranks."""
+        totals = self.state.partial.clone()
+        all_reduce_sum(totals, self.dist)
+        n_seen = max(1.0, float(totals[2]))
+        return {"loss": float(totals[0]) / n_seen, "acc": 100.0 * float(totals[1]) / n_seen}
+
+    def eval_due(self) -> bool:
+        epoch = self.state.epoch + 1  # the epoch just trained
+        return epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation metrics: each rank evaluates its shard, the sums are all-reduced."""
+        try:
+            val = evaluate(
+                self.model,
+                self.val_loader,
+                device=self.device,
+                amp=self.cfg.amp,
+                channels_last=self.cfg.channels_last,
+                dist_info=self.dist,
             )
-            if is_best:
-                best = {"epoch": epoch, "top1_err": val["top1_err"], "top5_err": val["top5_err"]}
-            elapsed = elapsed_before + time.perf_counter() - t_start
-            row = {
-                "epoch": epoch,
-                "step": global_step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": train_stats["loss"],
-                "train_acc": train_stats["acc"],
-                "val_loss": val_now.get("loss", ""),
-                "val_top1_err": val_now.get("top1_err", ""),
-                "val_top5_err": "" if val_now.get("top5_err") is None else val_now["top5_err"],
-                "val_acc": val_now.get("top1_acc", ""),
-                "epoch_seconds": epoch_seconds,
-                "img_per_s": ips_epoch,
-                "elapsed_seconds": elapsed,
-            }
-            history.append({"epoch": epoch, "train": train_stats, "val": dict(val_now)})
-            if dist.is_main:
-                self._append_csv(row)
-                rows += 1
-                if self.tb is not None:
-                    self.tb.add_scalar("train/loss", train_stats["loss"], epoch)
-                    self.tb.add_scalar("train/acc", train_stats["acc"], epoch)
-                    if val_now:
-                        self.tb.add_scalar("val/top1_err", val_now["top1_err"], epoch)
-                        if val_now["top5_err"] is not None:
-                            self.tb.add_scalar("val/top5_err", val_now["top5_err"], epoch)
-                        self.tb.add_scalar("val/loss", val_now["loss"], epoch)
-                    self.tb.flush()
-                log.info(
-                    "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 err %s top-5 err %s | "
-                    "%.0f img/s, %.1fs",
-                    epoch,
-                    cfg.epochs,
-                    train_stats["loss"],
-                    train_stats["acc"],
-                    _pct(val_now["top1_err"]) if val_now else "-",
-                    _pct(val_now["top5_err"]) if val_now else "-",
-                    ips_epoch,
-                    epoch_seconds,
-                )
-            write_checkpoint(epoch, 0, is_best=is_best)
+        except Exception as exc:
+            raise _clean_loader_error(exc) from None
+        self.val_shard_n = val.pop("n_local", val["n"])
+        return val
 
-        # ---- final outputs
+    def end_epoch(
+        self, train_stats: dict[str, float], val: dict[str, Any], seconds: float, images: int
+    ) -> None:
+        """Close the epoch: state, metrics row, TensorBoard, log line, checkpoint."""
+        st = self.state
+        self.note_bad(val.pop("bad_files", []))
+        is_best = st.finish_epoch(train_stats, val)
+        row = {
+            "epoch": st.epoch,
+            "step": st.global_step,
+            "lr": self.current_lr(),
+            "train_loss": train_stats["loss"],
+            "train_acc": train_stats["acc"],
+            "val_loss": val.get("loss", ""),
+            "val_top1_err": val.get("top1_err", ""),
+            "val_top5_err": "" if val.get("top5_err") is None else val["top5_err"],
+            "val_acc": val.get("top1_acc", ""),
+            "epoch_seconds": seconds,
+            "img_per_s": images * self.dist.world_size / max(1e-9, seconds),
+            "elapsed_seconds": st.elapsed(),
+        }
+        if self.dist.is_main:
+            rundir.append_csv(self.run_dir, row)
+            st.metrics_rows += 1
+            self.log_epoch(row, train_stats, val)
+        self.save_checkpoint(is_best=is_best)
+
+    def log_epoch(
+        self, row: dict[str, Any], train_stats: dict[str, float], val: dict[str, Any]
+    ) -> None:
+        epoch = self.state.epoch
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", train_stats["loss"], epoch)
+            self.tb.add_scalar("train/acc", train_stats["acc"], epoch)
+            if val:
+                self.tb.add_scalar("val/top1_err", val["top1_err"], epoch)
+                if val["top5_err"] is not None:
+                    self.tb.add_scalar("val/top5_err", val["top5_err"], epoch)
+                self.tb.add_scalar("val/loss", val["loss"], epoch)
+            self.tb.flush()
+        log.info(
+            "epoch %d/%d: train loss %.4f acc %.2f%% | val top-1 err %s top-5 err %s | "
+            "%.0f img/s, %.1fs",
+            epoch,
+            self.cfg.epochs,
+            train_stats["loss"],
+            train_stats["acc"],
+            pct(val["top1_err"]) if val else "-",
+            pct(val["top5_err"]) if val else "-",
+            row["img_per_s"],
+            row["epoch_seconds"],
+        )
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, *, is_best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``) at the current position (collective: every rank
+        calls it). Refused when any weight is non-finite, so the last checkpoint stays good."""
         self.gather_bad()
-        seconds = elapsed_before + time.perf_counter() - t_start
+        self.sync_buffers()
+        finite = torch.tensor(
+            float(all(bool(torch.isfinite(p).all()) for p in self.model.parameters())),
+            device=self.device,
+        )
+        all_reduce_sum(finite, self.dist)
+        if int(finite.item()) != self.dist.world_size:
+            st = self.state
+            raise NonFiniteLossError(
+                f"the weights became non-finite (epoch {st.epoch + 1}, step {st.global_step}); "
+                f"stopped, {self.kept_checkpoint()}; lower --lr"
+            )
+        state = self.checkpoint_state()
+        if state is not None:
+            save_checkpoint(state, self.ckpt_dir / "last.pt")
+            if is_best:
+                save_checkpoint(state, self.ckpt_dir / "best.pt")
+        barrier(self.dist)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """Everything a checkpoint holds, on rank 0 (None elsewhere); collective."""
+        total = self.state.partial.clone()
+        all_reduce_sum(total, self.dist)
+        # Every rank's RNG states: a resume with the same process count restores each one's.
+        rngs = all_gather_objects(capture_rng_state(), self.dist)
+        if not self.dist.is_main:
+            return None
+        return {
+            "config": self.cfg.to_dict(),
+            "meta": self.meta,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **self.state.state_dict(partial=total),
+            "rng": rngs,
+            "world_size": self.dist.world_size,
+        }
+
+    # ----------------------------------------------------------------------- unreadable files
+
+    def note_bad(self, names: list[str] | tuple[str, ...]) -> None:
+        """Record unreadable images; stop the run beyond ``max_bad``."""
+        st = self.state
+        for name in st.add_bad_files(names):
+            log.warning("skipped unreadable image %s (%d so far)", name, len(st.bad_files))
+        if len(st.bad_files) > self.cfg.max_bad:
+            first = ", ".join(st.bad_files[:5])
+            raise RuntimeError(
+                f"{len(st.bad_files)} unreadable images, more than max_bad={self.cfg.max_bad} "
+                f"(first: {first}); fix or remove them, or raise max_bad"
+            )
+
+    def gather_bad(self) -> None:
+        """Every rank's unreadable files on every rank (each loads other images)."""
+        if self.dist.distributed:
+            merged: list[str] = []
+            for lst in all_gather_objects(self.state.bad_files, self.dist):
+                merged.extend(lst)
+            self.note_bad(merged)
+
+    # ----------------------------------------------------------------------- the end
+
+    def finish(self, resumed: bool) -> dict[str, Any]:
+        """Final weights, summary and (optionally) per-rank summaries."""
+        self.gather_bad()
+        summary = self.summary(resumed)
+        if self.dist.is_main:
+            self.write_final(summary)
+        if self.cfg.rank_summaries:
+            self.write_rank_summary()
+        barrier(self.dist)
+        return summary
+
+    def summary(self, resumed: bool) -> dict[str, Any]:
+        cfg, st, data = self.cfg, self.state, self.data
+        val, train_stats = st.last_val(), st.last_train()
         summary = {
-            "run_dir": str(run_dir),
+            "run_dir": str(self.run_dir),
             "model": cfg.model,
-            "model_overrides": meta["model_overrides"],
+            "model_overrides": self.meta["model_overrides"],
             "data": cfg.data,
             "image_size": data.image_size,
-            "num_classes": num_classes,
+            "num_classes": self.num_classes,
             "classes": list(data.classes) if data.classes else None,
-            "params": int(cx.params),
-            "macs": int(cx.macs),
-            "epochs_done": epoch,
-            "steps": global_step,
+            "params": int(self.cx.params),
+            "macs": int(self.cx.macs),
+            "epochs_done": st.epoch,
+            "steps": st.global_step,
             "global_batch": cfg.batch_size,
-            "world_size": dist.world_size,
+            "world_size": self.dist.world_size,
             "lr": cfg.effective_lr(),
-            "seconds": round(seconds, 2),
+            "seconds": round(st.elapsed(), 2),
             "train_loss": train_stats.get("loss"),
             "train_acc": train_stats.get("acc"),
             "top1_err": val.get("top1_err"),
@@ -846,66 +801,24 @@ class _Run:
             "val_loss": val.get("loss"),
             "val_acc": val.get("top1_acc"),
             "val_n": val.get("n"),
-            "best": best,
-            "bad_images": len(self.bad_files),
-            "bad_files": self.bad_files[:20],
-            "resumed": ckpt is not None,
+            "best": st.best,
+            "bad_images": len(st.bad_files),
+            "bad_files": st.bad_files[:20],
+            "resumed": resumed,
             "torch": torch.__version__,
             "python": platform.python_version(),
         }
-        if dist.is_main:
-            self._write_final(model, cfg, meta, summary)
-        if cfg.rank_summaries:
-            rank_dir = run_dir / "ranks"
-            rank_dir.mkdir(parents=True, exist_ok=True)
-            rank_info = {
-                "rank": dist.rank,
-                "world_size": dist.world_size,
-                "weights_sha256": weights_digest(model),
-                "val": val,
-                "train": train_stats,
-            }
-            (rank_dir / f"rank{dist.rank}.json").write_text(json.dumps(rank_info, indent=2))
-        barrier(dist)
+        if self.provenance:
+            summary["init"] = self.provenance
         return summary
 
-    # -------------------------------------------------------------- files
-
-    def _prepare_csv(self, rows: int) -> None:
-        """Create metrics.csv, or cut it back to the ``rows`` epochs the checkpoint knows."""
-        path = self.run_dir / "metrics.csv"
-        kept: list[list[str]] = []
-        if rows and path.is_file():
-            with open(path, newline="", encoding="utf-8") as fh:
-                kept = list(csv.reader(fh))[1 : rows + 1]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(CSV_FIELDS)
-            w.writerows(kept)
-
-    def _append_csv(self, row: dict[str, Any]) -> None:
-        path = self.run_dir / "metrics.csv"
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _write_final(
-        self, model: nn.Module, cfg: TrainConfig, meta: dict[str, Any], summary: dict[str, Any]
-    ) -> None:
+    def write_final(self, summary: dict[str, Any]) -> None:
         from sknet.loading import default_preprocess
         from sknet.weights import save_weights
 
-        extra = {
-            "sknet_image_size": str(meta["image_size"]),
-            "sknet_data": cfg.data,
-            "sknet_mean": json.dumps(meta["mean"]),
-            "sknet_std": json.dumps(meta["std"]),
-            "sknet_train_config": json.dumps(cfg.to_dict()),
-        }
+        cfg, meta = self.cfg, self.meta
         save_weights(
-            model,
+            self.model,
             self.run_dir / "model.safetensors",
             name=cfg.model,
             overrides=dict(cfg.model_overrides),
@@ -914,43 +827,34 @@ class _Run:
                 meta["image_size"], cfg.data, meta["mean"], meta["std"]
             ).to_dict(),
             provenance={"trained_in": str(self.run_dir), **self.provenance},
-            extra=extra,
+            extra={
+                "sknet_image_size": str(meta["image_size"]),
+                "sknet_data": cfg.data,
+                "sknet_mean": json.dumps(meta["mean"]),
+                "sknet_std": json.dumps(meta["std"]),
+                "sknet_train_config": json.dumps(cfg.to_dict()),
+            },
         )
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        lines = [
-            f"run        {summary['run_dir']}",
-            f"model      {summary['model']} ({summary['params']:,} params, "
-            f"{summary['macs'] / 1e6:.1f} MMACs at {summary['image_size']}px)",
-            f"data       {summary['data']} ({summary['num_classes']} classes)",
-            f"epochs     {summary['epochs_done']} ({summary['steps']} steps, global batch "
-            f"{summary['global_batch']}, {summary['world_size']} process(es))",
-            f"val        top-1 err {_pct(summary['top1_err'])}, top-5 err "
-            f"{_pct(summary['top5_err'])} (accuracy {_pct(summary['val_acc'])}, "
-            f"n={summary['val_n']})",
-            f"best       epoch {summary['best'].get('epoch')}: top-1 err "
-            f"{_pct(summary['best'].get('top1_err'))}",
-            f"time       {summary['seconds']:.1f}s",
-        ]
-        if summary["bad_images"]:
-            lines.append(f"skipped    {summary['bad_images']} unreadable image(s)")
-        body = "\n".join(lines) + "\n"
-        atomic_write_text(self.run_dir / "summary.txt", body)
+        rundir.write_summary(self.run_dir, summary)
         if self.tb is not None:
             self.tb.close()
             self.tb = None
-        log.info("finished: val top-1 err %s; wrote %s", _pct(summary["top1_err"]), self.run_dir)
+        log.info("finished: val top-1 err %s; wrote %s", pct(summary["top1_err"]), self.run_dir)
 
-
-def _pct(v: Any) -> str:
-    """A percentage for logs; None is "n/a" (e.g. top-5 with 5 classes or fewer)."""
-    return f"{v:.2f}%" if isinstance(v, (int, float)) else "n/a"
-
-
-def _amp_factory(amp: str, device: torch.device) -> Any:
-    if amp == "none":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    def write_rank_summary(self) -> None:
+        """``ranks/rank<R>.json``: this rank's metrics, shard size and weights digest (tests
+        compare them across ranks)."""
+        rank_dir = self.run_dir / "ranks"
+        rank_dir.mkdir(parents=True, exist_ok=True)
+        info = {
+            "rank": self.dist.rank,
+            "world_size": self.dist.world_size,
+            "weights_sha256": weights_digest(self.model),
+            "val": self.state.last_val(),
+            "val_shard_n": self.val_shard_n,
+            "train": self.state.last_train(),
+        }
+        (rank_dir / f"rank{self.dist.rank}.json").write_text(json.dumps(info, indent=2))
 
 
 def train(
@@ -962,7 +866,8 @@ def train(
     """Train ``cfg`` into ``run_dir`` and return the summary (also written to summary.json).
 
     Args:
-        cfg: the configuration (see :func:`sknet.train.load_preset`).
+        cfg: the configuration (see :func:`sknet.train.load_preset`). With ``cfg.init`` the
+            model starts from those weights (see :mod:`sknet.train.finetune`).
         run_dir: output directory; must not already hold a run unless ``resume``.
         resume: continue the run in ``run_dir`` from ``checkpoints/last.pt`` (from scratch when
             no checkpoint was written yet). ``cfg`` must equal the run's ``config.toml`` except
@@ -972,7 +877,8 @@ def train(
     Returns:
         dict with ``run_dir``, ``top1_err``/``top5_err`` (final val, in %), ``val_acc``,
         ``val_loss``, ``train_loss``, ``train_acc``, ``params``, ``macs``, ``epochs_done``,
-        ``steps``, ``seconds``, ``best`` (epoch and errors of the best epoch), ``bad_images`` ...
+        ``steps``, ``seconds``, ``best`` (epoch and errors of the best epoch), ``bad_images``,
+        ``init`` (fine-tuned runs: where the initial weights came from) ...
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
@@ -991,52 +897,25 @@ def train(
     lock = RunLock(run_dir)
     existed = run_dir.exists()
     try:
+        # What init determines is resolved before anything is written (rank 0 reads it).
+        cfg = _on_main(lambda: resolve_init(cfg), dist)
         # Rank 0 holds an exclusive lock on the run directory for the whole run, taken before
         # the directory is checked, so that two processes can never write one run.
-        _on_main(lambda: _lock_and_check(lock, run_dir, resume, existed), dist)
+        _on_main(lambda: rundir.lock_and_check(lock, run_dir, resume, existed), dist)
         with _engine_state(cfg, dist.device):
             log_path = run_dir / "train.log" if dist.is_main else None
             try:
-                with _run_log(log_path):
-                    r = _Run(cfg, run_dir, dist, progress)
+                with rundir.run_log(log_path):
+                    trainer = _Trainer(cfg, run_dir, dist, progress)
                     try:
-                        return r.run(resume)
+                        return trainer.run(resume)
                     finally:
-                        if r.tb is not None:
-                            r.tb.close()
+                        if trainer.tb is not None:
+                            trainer.tb.close()
             except BaseException:
                 if dist.is_main and not resume:
-                    _remove_failed_start(run_dir, existed)
+                    rundir.remove_failed_start(run_dir, existed)
                 raise
     finally:
         lock.release()
         cleanup_distributed(dist)
-
-
-def _lock_and_check(lock: RunLock, run_dir: Path, resume: bool, existed: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
-    if resume and not existed:
-        raise FileNotFoundError(
-            f"cannot resume: {run_dir} is not a run directory (it does not exist)"
-        )
-    lock.acquire()
-    try:
-        _check_run_dir(run_dir, resume)
-    except BaseException:
-        lock.release()
-        if not resume:
-            _remove_failed_start(run_dir, existed)
-        raise
-
-
-def _remove_failed_start(run_dir: Path, existed: bool) -> None:
-    """After a run failed before writing its config, leave no half-made run directory behind
-    (only its log and lock file would be in it)."""
-    if (run_dir / "config.toml").exists():
-        return
-    for name in ("train.log", ".lock"):
-        (run_dir / name).unlink(missing_ok=True)
-    if not existed:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only when empty
