@@ -969,7 +969,12 @@ def load_pretrained(
         source=cfg.name,
         source_kind="pretrained",
         classes=tuple(classes) if classes is not None else None,
-        data="imagenet",
+        class_ids=(
+            tuple(imagenet_classes()[0])
+            if classes is not None and cfg.classes == "imagenet-1k"
+            else None
+        ),
+        data="imagefolder",  # ImageNet-style folders: the data kind these weights were trained on
         model_overrides=dict(overrides),
         provenance={
             "weights": cfg.name,

@@ -74,7 +74,12 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """What a loaded model is: architecture, classes, preprocessing and where it came from."""
+    """What a loaded model is: architecture, classes, preprocessing and where it came from.
+
+    ``classes`` are the readable class names in label order; ``class_ids``, when set, the
+    identifiers data folders use for the same classes (ImageNet's WordNet ids, ``n01440764``):
+    evaluation matches folder names against either.
+    """
 
     name: str
     arch: dict[str, Any]
@@ -84,6 +89,7 @@ class ModelRecord:
     source: str
     source_kind: SourceKind
     classes: tuple[str, ...] | None = None
+    class_ids: tuple[str, ...] | None = None
     data: str | None = None
     data_dir: str | None = None
     train_config: dict[str, Any] | None = None
@@ -106,6 +112,7 @@ class ModelRecord:
             "mean": tuple(self.preprocess.mean),
             "std": tuple(self.preprocess.std),
             "classes": list(self.classes) if self.classes is not None else None,
+            "class_ids": list(self.class_ids) if self.class_ids is not None else None,
             "config": self.train_config,
             "source": self.source,
             "source_kind": self.source_kind,
@@ -453,5 +460,5 @@ def _new_head(
     )
     model.reset_classifier(num_classes)
     model.class_names = None  # type: ignore[assignment]
-    record = replace(record, num_classes=num_classes, classes=None)
+    record = replace(record, num_classes=num_classes, classes=None, class_ids=None)
     return model, record

@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--out eval.json",
         ),
     )
-    p.add_argument("source", metavar="SOURCE", help="run directory, checkpoint .pt or .safetensors")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="run directory, checkpoint .pt, .safetensors, or published weights (sknet50.ra_in1k)",
+    )
     p.add_argument(
         "--data", default=None, choices=DATA_CHOICES, help="dataset (default: the run's)"
     )
@@ -71,17 +75,18 @@ def run(args: argparse.Namespace) -> int:
     if args.sizes and min(args.sizes) < 1:
         raise ValueError(f"--sizes must be positive, got {args.sizes}")
     from sknet._files import atomic_write_text, check_output
-    from sknet.loading import resolve_source
+    from sknet.loading import _looks_like_path, resolve_source
     from sknet.train.distributed import resolve_device
 
     resolve_device(args.device)  # an unknown device is an error before any work
-    src_file, _ = resolve_source(args.source)
+    # A file source is protected from being overwritten; a registry name has no file here.
+    sources = [resolve_source(args.source)[0]] if _looks_like_path(args.source) else []
     run_dir = Path(args.source) if Path(args.source).is_dir() else None
     out = None
     if args.out:
         out = check_output(
             args.out,
-            sources=[src_file],
+            sources=sources,
             protected_dirs=[run_dir] if run_dir else [],
             force=args.force,
             suffixes=(".json",),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -138,6 +139,8 @@ def create_model(
     output_stride: int | None = None,
     frozen_stages: int = -1,
     norm_eval: bool = False,
+    pretrained: bool | str = False,
+    checkpoint_path: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> SKNetModel | FeatureNet:
     """Build a registered model.
@@ -156,6 +159,13 @@ def create_model(
         frozen_stages: -1 freezes nothing, 0 the stem, n the stem and the first n stages
             (``requires_grad=False``, eval mode in ``train()``).
         norm_eval: keep every BatchNorm in eval mode in ``train()``.
+        pretrained: ``True`` for the model's default published weights, or a weights tag
+            (``"ra_in1k"``, see :func:`sknet.list_pretrained`); downloaded once into the cache
+            (:mod:`sknet.hub`). A ``num_classes`` other than the weights' keeps the backbone
+            and gives a fresh classifier.
+        checkpoint_path: a local file of the weights: with ``pretrained``, a copy of the
+            published file (no download); alone, any weights file, checkpoint or run directory
+            that :func:`sknet.load` reads, whose tensors must fit the model built here.
         **overrides: fields of the family's config dataclass (e.g. ``sk_branches=(3, 5, 7)``);
             an unknown field or a value of the wrong type raises ``TypeError`` naming it.
     """
@@ -170,6 +180,14 @@ def create_model(
                 f"output_stride={output_stride} needs a ResNeXt-family model; {name} "
                 f"({entry.family}) supports only output_stride=32"
             )
+    weights = None
+    if pretrained or checkpoint_path is not None:
+        # Imported here: the model code needs torch alone unless weights are asked for.
+        from sknet.models._pretrained import fetch_weights
+
+        weights, num_classes, overrides = fetch_weights(
+            name, pretrained, checkpoint_path, num_classes, overrides
+        )
     if num_classes is None:
         num_classes = entry.paper_num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
@@ -180,6 +198,10 @@ def create_model(
     model = entry.builder(config, num_classes=num_classes, in_chans=in_chans)
     model.model_name = name  # type: ignore[assignment]
     model.model_config = config  # type: ignore[assignment]  # the resolved architecture
+    if weights is not None:
+        from sknet.models._pretrained import apply_weights
+
+        apply_weights(model, *weights)
     if frozen_stages != -1:
         model.set_frozen_stages(frozen_stages)
     if norm_eval:
