@@ -282,3 +282,14 @@ def test_a_bug_gets_a_traceback_and_says_so(capsys, monkeypatch) -> None:
 def test_num_classes_must_be_an_int() -> None:
     with pytest.raises(ValueError, match="num_classes must be an int"):
         sknet.create_model("sknet_tiny", num_classes=True)
+
+
+def test_half_precision_input_to_a_float_model_is_a_clear_error() -> None:
+    model = sknet.create_model("sknet_tiny").eval()
+    with pytest.raises(TypeError, match="input is torch.bfloat16 but the model's weights are"):
+        model(X.to(torch.bfloat16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(X.to(torch.bfloat16)).shape[0] == 2  # under autocast it is fine
+    half = sknet.create_model("sknet_tiny").eval().to(torch.bfloat16)
+    with torch.no_grad():
+        assert half(X.to(torch.bfloat16)).dtype == torch.bfloat16

@@ -105,6 +105,20 @@ class StagedNet(nn.Module):
         if is_fx_tracing():
             return
         check_image_batch(x, self.in_chans, self.min_input_size, self.default_input_size)
+        ref = next(self.parameters(), None)
+        if ref is None or torch.compiler.is_compiling():
+            return
+        if x.device != ref.device:
+            raise ValueError(
+                f"the input is on {x.device} but the model is on {ref.device}: move one of them "
+                f"(x.to('{ref.device}') or model.to('{x.device}'))"
+            )
+        if x.dtype != ref.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"the input is {x.dtype} but the model's weights are {ref.dtype}: cast the "
+                f"input (x.to({ref.dtype})), cast the model (model.to({x.dtype})), or run it "
+                "under torch.autocast"
+            )
 
     def feature_steps(self) -> list[tuple[str, nn.Module]]:
         """The forward pass up to the features as ``(module path, module)`` steps in order."""
