@@ -16,14 +16,14 @@ TINY = ["--input-size", "48", "--batch-size", "2", "--rounds", "2", "--warmup", 
 
 
 def test_bench_smoke_with_memory_and_json(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "bench.json"
-    md = tmp_path / "bench.md"
+    out = tmp_path / "bench" / "bench.json"
+    md = tmp_path / "bench" / "bench.md"
     models = "sknet_tiny,sknet_tiny+deploy,resnext_tiny,resnext_tiny+deploy"
     threads = torch.get_num_threads()
     rc = cli(
         [
             *("bench", "--models", models, "--modes", "infer,train", "--layouts", "cl"),
-            *("--memory", "train", "--json", str(out), "--markdown", str(md), *TINY),
+            *("--memory", "train", "--out", str(tmp_path / "bench"), *TINY),
             *("--threads", str(threads + 1)),
         ]
     )

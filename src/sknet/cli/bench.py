@@ -2,12 +2,17 @@
 
 A thin command over :mod:`sknet.benchmark` (the timing engine, the CPU memory probe and the
 report): it parses the options, runs :func:`sknet.benchmark.run_benchmark`, prints the markdown
-report and writes it (``--markdown``) and the raw results (``--json``) where asked.
+report (``--json``: the raw results as JSON instead) and, with ``--out DIR``, writes both to
+``DIR/bench.md`` and ``DIR/bench.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from sknet.cli import DEVICE_HELP, examples
 
 _DESCRIPTION = (
     "Throughput of sknet's SKNet-50 and ResNeXt-50 (eager and deployed) against timm's "
@@ -26,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and timm:NAME (default: %(default)s)",
     )
     p.add_argument("--modes", default=None, help="infer,train (default: see --full)")
-    p.add_argument("--dtypes", default=None, help="fp32,bf16 (CUDA also fp16)")
-    p.add_argument("--layouts", default=None, help="nchw,cl (cl = channels_last)")
+    p.add_argument("--dtypes", default=None, help="fp32,bf16, CUDA also fp16 (default: --full)")
+    p.add_argument("--layouts", default=None, help="nchw,cl; cl = channels_last (default: --full)")
     p.add_argument(
         "--full",
         action="store_true",
@@ -40,10 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also time torch.compile'd variants (inference with inductor freezing); compiling "
         "a ResNeXt-50 on a 2-core CPU takes minutes per variant",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="default 16 (CPU), 64 (CUDA)")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per step (default: 16 CPU, 64 CUDA)"
+    )
+    p.add_argument("--input-size", type=int, default=224, help="square input side")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per group (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per variant")
     p.add_argument(
@@ -54,8 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default: training groups)",
     )
     p.add_argument("--no-share-weights", action="store_true", help="skip timm -> sknet weights")
-    p.add_argument("--markdown", default=None, help="also write the tables to this file")
-    p.add_argument("--json", dest="json_out", default=None, help="write all results as JSON")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/bench.md (the report) and DIR/bench.json (all results)",
+    )
+    p.add_argument("--force", action="store_true", help="replace bench.md/bench.json in --out")
+    p.add_argument("--json", action="store_true", help="print the results as JSON, not tables")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,12 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="throughput: SKNet-50 vs ResNeXt-50, sknet vs timm (interleaved, medians)",
         description=_DESCRIPTION,
+        epilog=examples(
+            "sknet bench                                  # the default CPU set, ~8 min",
+            "sknet bench --device cuda --dtypes bf16 --layouts cl --compile --out bench/h100",
+        ),
     )
     add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sknet._files import atomic_write_text, check_output
     from sknet.benchmark import BenchConfig, parse_groups, run_benchmark
 
     cfg = BenchConfig(
@@ -85,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
     )
     device = cfg.resolve_device()
     cfg.groups = parse_groups(device.type, args.modes, args.dtypes, args.layouts, args.full)
+    if args.out is not None:  # checked before minutes of timing, not after
+        for name in ("bench.md", "bench.json"):
+            check_output(args.out / name, force=args.force, what="--out")
     result = run_benchmark(cfg)
     report = result.markdown()
-    print(report)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(report + "\n")
-    if args.json_out:
-        result.write_json(args.json_out)
+    data = json.dumps(result.to_dict(), indent=2)
+    print(data if args.json else report)
+    if args.out is not None:
+        atomic_write_text(args.out / "bench.md", report + "\n")
+        atomic_write_text(args.out / "bench.json", data + "\n")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sknet.cli import examples
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "skresnet18 / skresnet34 / resnext50_32x4d / senet50 / resnext101_32x4d, and the "
         "official Caffe release (SKNet-50.caffemodel, SKNet-101.caffemodel) onto sknet50 / "
         "sknet101 with Caffe's stem pooling and preprocessing recorded.",
+        epilog=examples(
+            "sknet convert --from timm skresnext50_32x4d.pth sknet50.safetensors",
+            "sknet convert --from torchvision resnext50_32x4d-7cdf4587.pth resnext50.safetensors",
+            "sknet convert --from caffe SKNet-50.caffemodel sknet50_caffe.safetensors",
+        ),
     )
     p.add_argument("src", type=Path, help="source weights file (state dict or .caffemodel)")
     p.add_argument("dst", type=Path, help="output .safetensors file")
