@@ -217,7 +217,8 @@ class SKConv(nn.Module):
             become D2 / D4). Not in the paper, which only classifies.
         reduction: r in d = max(C / r, L).
         min_attn_dim: L in d = max(C / r, L).
-        attn_dim: explicit d, overrides r and L (official SKNet-101 uses d = 16 in stage 4).
+        attn_dim: explicit d, overrides r and L (the official SKNet-101 uses d = 16 in
+            conv3_x, where r and L would give 32).
         attention: ``"channel"`` (paper) or ``"shared"`` (Lucid).
         aggregation: ``"attention"`` (paper) or ``"sum"`` (no selection, Table 7).
         split_input: timm's split input: branch m convolves the m-th of M input slices.
