@@ -1,5 +1,5 @@
-"""A real 2-process DDP run (torchrun, gloo on CPU) of a model with SK units: identical weights,
-sharded and reduced evaluation."""
+"""A real 2-process DDP run (torchrun, gloo on CPU) of a model with SK units, fine-tuned from
+trained weights with a frozen stem: identical weights, sharded and reduced evaluation."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import sknet
 
 from .conftest import ROOT, subprocess_env
+
+INIT = Path(__file__).parent / "data" / "old_run_final"  # sknet_tiny (small widths), 10 shapes
 
 
 @pytest.mark.slow
@@ -21,7 +24,8 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "sknet.cli.main", "train", "--out", str(out), "--device", "cpu",
-        "--model", "sknet_tiny", "--image-size", "32", "--num-samples", "128", "--epochs", "2",
+        "--init", str(INIT), "--freeze-stages", "0", "--data", "synthetic", "--workers", "0",
+        "--image-size", "32", "--num-samples", "128", "--epochs", "2",
         "--batch-size", "16", "--lr", "0.003", "--threads", "1", "--no-progress",
         "--no-tensorboard", "--set", "val_samples=41", "--set", "rank_summaries=true",
         "--set", "warmup_epochs=0", "--checkpoint-every", "3",
@@ -54,3 +58,9 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     model, record = sknet.load(out)
     assert weights_digest(model) == ranks[0]["weights_sha256"]
     assert record.name == "sknet_tiny" and len(model.sk_units()) > 0
+    # rank 0 read the init weights and every rank started from them: the frozen stem is theirs
+    assert summary["init"]["init"] == str(INIT) and record.provenance["init"] == str(INIT)
+    init_model, _ = sknet.load(INIT)
+    for k, v in init_model.state_dict().items():
+        if k.startswith("stem."):
+            assert torch.equal(v, model.state_dict()[k]), k
