@@ -43,7 +43,6 @@ def complexity(
     chans = in_chans if in_chans is not None else getattr(model, "in_chans", 3)
     params = sum(p.numel() for p in model.parameters())
     ref = next(model.parameters(), None)
-    device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"input_size must be a positive int, got {size!r}")

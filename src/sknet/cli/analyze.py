@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sknet._util import DEFAULT_SCALE_RANGE
 from sknet.cli import DATA_CHOICES, DEVICE_HELP
 
 
@@ -189,7 +190,7 @@ def _analyze(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
     image_size = args.image_size or _get(info, "image_size")
     if data == "synthetic" and image_size is None:
         image_size = getattr(model, "default_input_size", 48)
-    scales = args.train_scales or _get(info, "scale_range") or (0.15, 0.9)
+    scales = args.train_scales or _get(info, "scale_range") or DEFAULT_SCALE_RANGE
     seed = args.seed if args.seed is not None else (_get(info, "seed") or 0)
     mean = _get(info, "mean")
     std = _get(info, "std")

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE
+
 from .real import (
     CIFAR_SPECS,
     CIFARDataset,
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`build_dataset`.
-DATASET_NAMES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "imagefolder")
+DATASET_NAMES: tuple[str, ...] = DATA_NAMES
 
 #: Sentinel for :func:`build_dataset`'s ``transform``: use the preset for the dataset and split.
 DEFAULT_TRANSFORM = "default"
@@ -86,7 +88,7 @@ def build_dataset(
     transform: Callable[[Any], Any] | str | None = DEFAULT_TRANSFORM,
     num_samples: int | None = None,
     seed: int = 0,
-    scale_range: tuple[float, float] = (0.15, 0.9),
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
     zoom: float = 1.0,
     max_bad: int = 50,
 ) -> Dataset:

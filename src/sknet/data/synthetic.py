@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sknet._util import DEFAULT_SCALE_RANGE
+
 __all__ = [
     "SHAPE_CLASSES",
     "SYNTHETIC_MEAN",
@@ -225,7 +227,7 @@ class SyntheticShapes(Dataset):
         image_size: int = 48,
         seed: int = 0,
         split: str = "train",
-        scale_range: tuple[float, float] = (0.15, 0.9),
+        scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
         zoom: float = 1.0,
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
