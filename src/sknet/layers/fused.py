@@ -37,6 +37,17 @@ __all__ = [
 _FAST_KERNELS = True
 _FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)  # eval-mode BN maths, foldable
 _MKLDNN = torch.backends.mkldnn.is_available()
+try:  # oneDNN's bf16 convolutions need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT
+    _MKLDNN_BF16 = _MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+except (AttributeError, RuntimeError):  # pragma: no cover - torch without the query
+    _MKLDNN_BF16 = False
+
+
+def _onednn_dtype_ok(x: torch.Tensor) -> bool:
+    """Whether oneDNN can run this input's (or autocast's) dtype on this CPU; bf16 falls back
+    to the portable path on CPUs without the instructions oneDNN needs for it."""
+    dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dt == torch.float32 or (dt == torch.bfloat16 and _MKLDNN_BF16)
 
 
 def set_fast_kernels(enabled: bool) -> bool:
@@ -194,6 +205,7 @@ class FusedConv2d(nn.Module):
             and dev == "cpu"
             and _MKLDNN
             and x.dtype in (torch.float32, torch.bfloat16)
+            and _onednn_dtype_ok(x)
             and not (x.requires_grad and torch.is_grad_enabled())  # oneDNN op: no autograd
         ):
             if torch.is_autocast_enabled("cpu"):
