@@ -6,7 +6,6 @@ any tensor shows), converted, and compared in fp32 eval mode: max |logit diff| <
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,17 +31,6 @@ PAIRS = [
     ("seresnext50_32x4d", "senet50"),
     ("resnext101_32x4d", "resnext101_32x4d"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine a second thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _randomise_bn(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,17 +44,6 @@ from sknet.convert_caffe import (
 from sknet.weights import load_weights, read_metadata
 
 NETS = json.loads((Path(__file__).parent / "data" / "sknet_caffe_nets.json").read_text())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine a second thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------- Caffe messages via Google's protobuf

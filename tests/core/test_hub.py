@@ -119,17 +119,6 @@ def server() -> Iterator[HubServer]:
         srv.stop()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: the forward passes are tiny, extra threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: HubServer) -> Path:
     """Caches in tmp_path, the Hub endpoint on the local server, online."""

@@ -74,10 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import atomic_write_text, check_output
-    from sknet.errors import OutputError
-    from sknet.loading import load, resolve_source
-    from sknet.predict import expand_inputs, explain_names, predict, save_explanation
+    from sknet.loading import load
+    from sknet.predict import expand_inputs
     from sknet.train.distributed import resolve_device
 
     if args.topk < 1:
@@ -86,8 +84,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)  # an unknown device is an error before any work
     files = expand_inputs(args.inputs)
+    out, figures = _check_outputs(args, files)  # before any work
+    model, record = load(args.source)
+    many = len(files) > TABLE_MAX
+    results = _predict(args, model, record, files, device, many)
+    written = _write_figures(results, figures, record, many)
+    return _report(args, results, record, out, written, many)
 
-    # Output checks before any work: never the source, existing files only with --force.
+
+def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | None, dict]:
+    """The --out file and the --explain figure of each image, checked: never the source (or a
+    file of its run directory), never an input image, existing files only with --force."""
+    from sknet._files import check_output
+    from sknet.errors import OutputError
+    from sknet.loading import resolve_source
+    from sknet.predict import explain_names
+
     src = Path(args.source).expanduser()
     sources: list[Path] = []
     protected: list[Path] = []
@@ -125,9 +137,15 @@ def run(args: argparse.Namespace) -> int:
                 suffixes=(".png",),
                 what="--explain",
             )
+    return out, figures
 
-    model, record = load(args.source)
-    many = len(files) > TABLE_MAX
+
+def _predict(
+    args: argparse.Namespace, model: Any, record: Any, files: list[Path], device: Any, many: bool
+) -> list[Any]:
+    """Run the model over ``files`` (a progress bar when there are many)."""
+    from sknet.predict import predict
+
     bar = None
     if many:
         from tqdm import tqdm
@@ -139,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
     try:
-        results = predict(
+        return predict(
             (model, record),
             files,
             topk=args.topk,
@@ -152,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
 
+
+def _write_figures(results: list[Any], figures: dict, record: Any, many: bool) -> int:
+    from sknet.predict import save_explanation
+
     todo = [r for r in results if r.ok and r.path in figures]
     if many and todo:
         from tqdm import tqdm
@@ -161,6 +183,19 @@ def run(args: argparse.Namespace) -> int:
     for r in todo:
         save_explanation(r, r.path, figures[r.path], record.preprocess)
         written += 1
+    return written
+
+
+def _report(
+    args: argparse.Namespace,
+    results: list[Any],
+    record: Any,
+    out: Path | None,
+    written: int,
+    many: bool,
+) -> int:
+    """Write --out, print the table (or a summary) and the failures; the exit status."""
+    from sknet._files import atomic_write_text
 
     if out is not None:
         atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
