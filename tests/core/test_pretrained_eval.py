@@ -100,3 +100,19 @@ def test_eval_of_folders_that_are_not_the_weights_classes_is_one_line(
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "do not match" in err and "\n" not in err
+
+
+def test_eval_uses_the_weights_crop_ratio_and_interpolation(tiny_weights: Path, tmp_path) -> None:
+    from sknet.train.evaluate import _eval_dataset
+
+    _, record = sknet.load(f"sknet_tiny.{TAG}")
+    from dataclasses import replace
+
+    record = replace(
+        record, preprocess=replace(record.preprocess, resize=60, interpolation="bicubic")
+    )
+    synsets, _ = hub.imagenet_classes()
+    data = _folder(tmp_path / "in", (synsets[1],))
+    ds = _eval_dataset(record, "imagefolder", str(data), 48, True, None)
+    resize = ds.transform.transforms[0]
+    assert resize.size == 60 and resize.interpolation.value == "bicubic"

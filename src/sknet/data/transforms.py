@@ -151,10 +151,12 @@ def eval_transform(
     crop_ratio: float = 0.875,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> T.Compose:
     """Evaluation preset.
 
-    imagenet: ``Resize(eval_resize_size(image_size, crop_ratio))`` + ``CenterCrop(image_size)``;
+    imagenet: ``Resize(eval_resize_size(image_size, crop_ratio), interpolation)`` +
+    ``CenterCrop(image_size)``;
     cifar: ``ToTensor`` (plus ``Resize`` when ``image_size`` is not 32); synthetic: only
     normalisation. All end with ``Normalize(mean, std)``.
     """
@@ -164,7 +166,10 @@ def eval_transform(
     if canon == "imagenet":
         return T.Compose(
             [
-                T.Resize(eval_resize_size(size, crop_ratio)),
+                T.Resize(
+                    eval_resize_size(size, crop_ratio),
+                    interpolation=T.InterpolationMode(interpolation),
+                ),
                 T.CenterCrop(size),
                 T.ToTensor(),
                 norm,

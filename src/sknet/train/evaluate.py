@@ -237,7 +237,8 @@ def _evaluate_source(
             progress=progress,
             desc=f"eval {size}px",
         )
-        resize = eval_resize_size(size) if data == "imagefolder" else None
+        ratio = crop_ratio(record) if _own_preprocessing(record, data, same_data) else 0.875
+        resize = eval_resize_size(size, ratio) if data == "imagefolder" else None
         results.append({"size": size, "resize": resize, **r})
     return {
         "source": info["source"],
@@ -247,7 +248,7 @@ def _evaluate_source(
         "data_dir": data_dir,
         "num_classes": info["num_classes"],
         "protocol": "single centre crop"
-        + (" (resize short side to size/0.875)" if data == "imagefolder" else ""),
+        + (" (resize short side to size / crop ratio)" if data == "imagefolder" else ""),
         "results": [
             {
                 k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
@@ -293,9 +294,7 @@ def _eval_dataset(
 
     info = record.info()
     cfg = info.get("config") or {}
-    # The weights' own preprocessing applies to their own kind of data (foreign ImageNet
-    # weights carry no data name: theirs is imagefolder).
-    own_pre = same_data or (info.get("data") is None and data == "imagefolder")
+    own_pre = _own_preprocessing(record, data, same_data)
     ds = make_eval_dataset(
         data,
         data_dir=data_dir,
@@ -307,9 +306,24 @@ def _eval_dataset(
         scale_range=tuple(cfg.get("scale_range", DEFAULT_SCALE_RANGE)),
         max_bad=int(cfg.get("max_bad", 50)),
         channel_order=record.preprocess.channel_order if own_pre else "RGB",
+        crop_ratio=crop_ratio(record) if own_pre else 0.875,
+        interpolation=record.preprocess.interpolation if own_pre else "bilinear",
     )
     _match_classes(ds, record, data, data_dir)
     return ds
+
+
+def _own_preprocessing(record: Any, data: str, same_data: bool) -> bool:
+    """Whether the weights' own preprocessing applies: to their own kind of data (foreign
+    ImageNet weights carry no data name: theirs is imagefolder)."""
+    return same_data or (record.data is None and data == "imagefolder")
+
+
+def crop_ratio(record: Any) -> float:
+    """The weights' centre-crop ratio (crop / short-side resize; timm's crop_pct), 0.875 when
+    they do not say."""
+    pre = record.preprocess
+    return pre.input_size / pre.resize if pre.resize else 0.875
 
 
 def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> None:

@@ -185,12 +185,15 @@ def make_eval_dataset(
     split: str = "val",
     cache: bool = False,
     channel_order: str = "RGB",
+    crop_ratio: float = 0.875,
+    interpolation: str = "bilinear",
 ) -> SeededTransformDataset:
     """The validation split of ``data`` with the evaluation transform at ``image_size``.
 
-    ImageNet-style data: resize the short side to ``image_size / 0.875`` (224 -> 256,
-    320 -> 366) then centre-crop ``image_size``. CIFAR: the 32x32 image (resized for another
-    size). Synthetic: rendered natively at ``image_size``.
+    ImageNet-style data: resize the short side to ``image_size / crop_ratio`` (0.875: 224 ->
+    256, 320 -> 366; ``interpolation`` as the weights were trained), then centre-crop
+    ``image_size``. CIFAR: the 32x32 image (resized for another size). Synthetic: rendered
+    natively at ``image_size``.
     """
     from sknet.data import build_dataset, eval_transform
 
@@ -212,7 +215,14 @@ def make_eval_dataset(
     )
     if data == "synthetic" and cache:
         base = _maybe_cache(base, image_size)
-    tf = eval_transform(kind, image_size if data != "synthetic" else None, mean=mean, std=std)
+    tf = eval_transform(
+        kind,
+        image_size if data != "synthetic" else None,
+        crop_ratio=crop_ratio,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+    )
     if channel_order == "BGR":  # Caffe weights: flip before Normalize (mean/std are BGR)
         tf.transforms.insert(len(tf.transforms) - 1, _to_bgr)
     elif channel_order != "RGB":
