@@ -361,9 +361,14 @@ def test_hub_download_convert_record_and_cache_hit(
     state, cfg = load_pretrained_state("sknet50.ra_in1k", progress=False)
     assert cfg.converter == "timm" and "layer1.0.conv2.paths.0.conv.weight" in state  # raw
     # the one loading path, with another head: backbone kept, fresh classifier
-    loading = pytest.importorskip("sknet.loading")
+    from sknet import loading
+
     model10, record10 = loading.load("sknet50.ra_in1k", num_classes=10)
+    # and the README's one call: create_model(pretrained=True) is timm's ImageNet SKNet-50
+    created = sknet.create_model("sknet50", pretrained=True).eval()
     assert sum(server.requests.values()) == n  # no request at all, not even a HEAD
+    with torch.no_grad():
+        assert (created(x) - timm_sknet50(x)).abs().max().item() <= 1e-4
     assert record10.num_classes == 10 and record10.classes is None
     with torch.no_grad():
         assert torch.equal(model10.forward_features(x), feats)
