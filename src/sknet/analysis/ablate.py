@@ -419,6 +419,51 @@ TrainFn = Callable[..., dict[str, Any]]
 ConfigFn = Callable[..., Any]
 
 
+def _check_sweep(
+    jobs: int, seeds: Sequence[int], settings: dict[str, Any] | None
+) -> tuple[list[int], dict[str, Any]]:
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    settings = dict(settings or {})
+    for key, flag in (("model", "--model"), ("seed", "--seeds")):
+        if key in settings:
+            raise ValueError(f"set {key!r} with {flag}, not as a setting: every row has its own")
+    return seeds, settings
+
+
+def _sweep_doc(
+    exp: Any,
+    preset: str,
+    base: str,
+    seeds: list[int],
+    settings: dict[str, Any],
+    first_cfg: Any,
+    image_size: int,
+    num_classes: int,
+) -> dict[str, Any]:
+    """The table document of a sweep, without rows yet."""
+    return {
+        "format": "sknet-ablation/1",
+        "experiment": exp.name,
+        "title": exp.title,
+        "preset": preset,
+        "base_model": base,
+        "seeds": seeds,
+        "settings": jsonable(settings),
+        "input_size": image_size,
+        "num_classes": num_classes,
+        "note": _NOTES.get(exp.name, ""),
+        # Rows differ from this only in model, model_overrides and seed.
+        "config_of_first_run": first_cfg.to_dict() if hasattr(first_cfg, "to_dict") else None,
+        "rows": [],
+    }
+
+
 def run_ablation(
     experiment: str,
     out_dir: str | Path,
@@ -466,18 +511,8 @@ def run_ablation(
     default_train = _train_mod.train
     make_config = make_config or _train_mod.load_preset
     train_fn = train_fn or default_train
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
     exp = get_experiment(experiment)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
-    settings = dict(settings or {})
-    for key, flag in (("model", "--model"), ("seed", "--seeds")):
-        if key in settings:
-            raise ValueError(f"set {key!r} with {flag}, not as a setting: every row has its own")
+    seeds, settings = _check_sweep(jobs, seeds, settings)
     base = base_model or make_config(preset, **settings).model
     rows = exp.build(base)
     out = Path(out_dir)
@@ -491,21 +526,7 @@ def run_ablation(
     first_cfg = configs[(rows[0].name, seeds[0])]
     num_classes, image_size = _data_shape(first_cfg)
 
-    doc: dict[str, Any] = {
-        "format": "sknet-ablation/1",
-        "experiment": exp.name,
-        "title": exp.title,
-        "preset": preset,
-        "base_model": base,
-        "seeds": seeds,
-        "settings": jsonable(settings),
-        "input_size": image_size,
-        "num_classes": num_classes,
-        "note": _NOTES.get(exp.name, ""),
-        # Rows differ from this only in model, model_overrides and seed.
-        "config_of_first_run": first_cfg.to_dict() if hasattr(first_cfg, "to_dict") else None,
-        "rows": [],
-    }
+    doc = _sweep_doc(exp, preset, base, seeds, settings, first_cfg, image_size, num_classes)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     cplx = {r.name: _complexity(r, num_classes, image_size) for r in rows}
 
