@@ -3,6 +3,7 @@ weights' own preprocessing, and ImageNet folders (WordNet ids) matched to the we
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,12 @@ def test_eval_uses_the_weights_crop_ratio_and_interpolation(tiny_weights: Path, 
     ds = _eval_dataset(record, "imagefolder", str(data), 48, True, None)
     resize = ds.transform.transforms[0]
     assert resize.size == 60 and resize.interpolation.value == "bicubic"
+
+
+def test_info_shows_the_published_weights(capsys) -> None:
+    assert main(["info", "skresnet18", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    (w,) = row["pretrained"]
+    assert w["name"] == "skresnet18.ra_in1k" and w["reported"][0]["top1"] > 70
+    assert main(["info", "skresnet18"]) == 0
+    assert "weights skresnet18.ra_in1k: timm" in capsys.readouterr().out

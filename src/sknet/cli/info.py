@@ -49,6 +49,7 @@ def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
         "num_classes": model.num_classes,
         "description": entry.description,
     }
+    row["pretrained"] = _weights(name)
     paper = entry.paper
     if paper is not None:
         row["paper"] = {
@@ -59,6 +60,29 @@ def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
             "confirmed": paper.confirmed,
         }
     return row
+
+
+def _weights(name: str) -> list[dict]:
+    """The published weights of ``name`` with their source and reported accuracy."""
+    import sknet
+    from sknet.hub import get_pretrained_cfg
+
+    out = []
+    for tag in sknet.list_pretrained(f"{name}.*"):
+        cfg = get_pretrained_cfg(tag)
+        out.append(
+            {
+                "name": tag,
+                "source": cfg.source,
+                "license": cfg.license,
+                "reported": [
+                    {"top1": r.top1, "top5": r.top5, "resolution": r.resolution}
+                    for r in cfg.reported
+                ],
+                "reported_by_publisher_not_measured_here": True,
+            }
+        )
+    return out
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -104,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"{r['name']:<24} {r['params']:>14,} {r['macs'] / 1e9:>8.3f} {r['input_size']:>6}"
             f"  {pp} / {pm}"
         )
+        for w in r["pretrained"]:
+            acc = ", ".join(f"{a['top1']:.2f}% at {a['resolution']}" for a in w["reported"])
+            print(f"  weights {w['name']}: {w['source']}; top-1 {acc or '-'} (reported)")
     return 0
 
 
