@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "FileFormatError",
     "OutputError",
+    "OverrideError",
     "RunDirError",
     "SKNetError",
 ]
@@ -24,6 +25,11 @@ class SKNetError(Exception):
 
 class ConfigError(SKNetError, ValueError):
     """An invalid option, override, preset or argument value."""
+
+
+class OverrideError(ConfigError, TypeError):
+    """A config field (model override or training setting) that does not exist or has the
+    wrong type; a ``TypeError`` and a ``ValueError`` both, as callers caught either before."""
 
 
 class FileFormatError(SKNetError, ValueError):

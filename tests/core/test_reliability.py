@@ -293,3 +293,19 @@ def test_half_precision_input_to_a_float_model_is_a_clear_error() -> None:
     half = sknet.create_model("sknet_tiny").eval().to(torch.bfloat16)
     with torch.no_grad():
         assert half(X.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_model_and_training_overrides_share_one_checker_and_error_type() -> None:
+    from sknet.errors import OverrideError
+    from sknet.train import load_preset
+
+    with pytest.raises(OverrideError, match="override 'sk_reduction': expected int"):
+        sknet.create_model("sknet_tiny", sk_reduction="8")
+    with pytest.raises(OverrideError, match="unknown override 'sk_reductoin'"):
+        sknet.create_model("sknet_tiny", sk_reductoin=8)
+    with pytest.raises(OverrideError, match="config key 'epochs': expected int"):
+        load_preset("demo", epochs="3")
+    with pytest.raises(OverrideError, match="unknown config key 'epoch'"):
+        load_preset("demo", epoch=3)
+    # JSON/TOML spell integral numbers as floats: accepted where an int is meant
+    assert sknet.create_model("sknet_tiny", sk_reduction=8.0).model_config.sk_reduction == 8

@@ -6,12 +6,13 @@ import dataclasses
 import difflib
 import fnmatch
 import os
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sknet._util import coerce_field
+from sknet.errors import OverrideError
 from sknet.models._base import SKNetModel
 from sknet.models._features import FeatureNet
 
@@ -81,27 +82,6 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        return isinstance(value, (tuple, list))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
 def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
     """``dataclasses.replace`` with a clear error for unknown keys and wrong value types."""
     if not overrides:
@@ -113,20 +93,16 @@ def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
         for k in unknown:
             close = difflib.get_close_matches(k, fields, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(
+        raise OverrideError(
             f"create_model({name!r}): unknown override {', '.join(hints)}; valid overrides "
             f"are {', '.join(sorted(fields))}"
         )
     hints_by_name = typing.get_type_hints(type(config))
-    for k, v in overrides.items():
-        if not _type_ok(v, hints_by_name[k]):
-            raise TypeError(
-                f"create_model({name!r}): override {k}={v!r} has the wrong type, expected "
-                f"{hints_by_name[k]}"
-            )
-        if isinstance(v, list):
-            overrides[k] = tuple(v)
-    return dataclasses.replace(config, **overrides)
+    checked = {
+        k: coerce_field(k, v, hints_by_name[k], f"create_model({name!r}): override")
+        for k, v in overrides.items()
+    }
+    return dataclasses.replace(config, **checked)
 
 
 def create_model(

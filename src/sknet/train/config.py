@@ -24,14 +24,14 @@ import difflib
 import json
 import math
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, jsonable
+from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, coerce_field, jsonable
+from sknet.errors import ConfigError, OverrideError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -372,52 +372,12 @@ def _need(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field type ``hint``; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    bad = ValueError(
-        f"config key {name!r}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
-    )
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise bad
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if name == "data_dir" and isinstance(value, Path):
-            return str(value)
-        raise bad
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise ValueError(f"config key {name!r}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such field yet
-        return value
-    return value
+    """Check ``value`` against the field type ``hint`` (sknet's one config type checker);
+    a path is accepted for ``data_dir``."""
+    if name == "data_dir" and isinstance(value, Path):
+        value = str(value)
+    return coerce_field(name, value, hint)
 
 
 def _toml_value(v: Any) -> str:
@@ -440,13 +400,13 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def _unknown_key_error(keys: list[str], source: str) -> ValueError:
+def _unknown_key_error(keys: list[str], source: str) -> OverrideError:
     names = _field_names()
     hints = []
     for k in keys:
         close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
         hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return ValueError(
+    return OverrideError(
         f"{source}: unknown config key {', '.join(hints)}; valid keys: {', '.join(names)}"
     )
 
@@ -482,8 +442,10 @@ def apply_overrides(
     values["model_overrides"] = model_over
     try:
         return TrainConfig(**values)
+    except OverrideError as exc:
+        raise OverrideError(f"{source}: {exc}") from None
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
