@@ -885,6 +885,109 @@ def load_pretrained_state(
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
+def _weights_path(
+    cfg: PretrainedCfg,
+    checkpoint_path: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> Path:
+    """``checkpoint_path`` (which must exist) when given, else the file of ``cfg`` (fetched)."""
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return path
+    return fetch_pretrained(cfg.name, cache_dir=cache_dir, progress=progress)
+
+
+def _model_from_caffe(cfg: PretrainedCfg, path: Path) -> torch.nn.Module:
+    """The sknet model of an official ``.caffemodel`` (``cfg`` must be a Caffe entry)."""
+    if cfg.converter != "caffe":
+        raise FileFormatError(f"{path} is a Caffe model, but {cfg.name} are {cfg.source} weights")
+    from sknet.convert_caffe import load_caffe
+
+    try:
+        return load_caffe(path, cfg.model)
+    except ValueError as exc:
+        raise FileFormatError(str(exc)) from None
+
+
+def _model_from_state(cfg: PretrainedCfg, path: Path) -> tuple[torch.nn.Module, str]:
+    """The sknet model of a state-dict file and the layout it was converted from.
+
+    The layout is ``"sknet"`` when the file already has sknet's layout (loaded as is, with the
+    classifier width the file holds), else the entry's converter (timm or torchvision).
+    """
+    from sknet import loading
+    from sknet.models import create_model
+
+    state = _read_state(path)
+    layout = _layout_of(state) or cfg.converter
+    if layout == "caffe":
+        raise FileFormatError(
+            f"{path}: {cfg.name} needs the official .caffemodel or a file converted from it "
+            "with `sknet convert --from caffe`"
+        )
+    try:
+        if layout == "timm":  # builds the model once, checks every key and shape
+            from sknet.convert import load_timm
+
+            return load_timm(state, cfg.model), layout
+        if layout == "torchvision":
+            from sknet.convert import load_torchvision
+
+            return load_torchvision(state, cfg.model), layout
+        fc = state.get("head.fc.weight")
+        width = int(fc.shape[0]) if fc is not None else 0
+        model = create_model(cfg.model, num_classes=width, **cfg.overrides)
+        loading.check_state_fits(model, state, path)
+        model.load_state_dict(state, strict=True)
+        return model, layout
+    except FileFormatError:
+        raise
+    except ValueError as exc:  # a converter naming the keys that do not fit
+        raise FileFormatError(f"{path}: {exc}") from None
+
+
+def _pretrained_record(cfg: PretrainedCfg, model: torch.nn.Module, path: Path, layout: str) -> Any:
+    """The ``loading.ModelRecord`` of ``model`` loaded from ``path``: config, classes, provenance.
+
+    Class names (and ImageNet synset ids) are set only when the model keeps the weights' number
+    of classes.
+    """
+    from sknet import loading
+    from sknet.weights import arch_config_of
+
+    classes = class_names(cfg.classes) if int(model.num_classes) == cfg.num_classes else None
+    imagenet = classes is not None and cfg.classes == "imagenet-1k"
+    return loading.ModelRecord(
+        name=cfg.model,
+        arch=arch_config_of(model) or {},
+        num_classes=int(model.num_classes),
+        in_chans=int(model.in_chans),
+        preprocess=loading.Preprocess.from_dict(cfg.preprocess.to_unit_dict()),
+        source=cfg.name,
+        source_kind="pretrained",
+        classes=tuple(classes) if classes is not None else None,
+        class_ids=tuple(imagenet_classes()[0]) if imagenet else None,
+        data="imagefolder",  # ImageNet-style folders: the data kind these weights were trained on
+        model_overrides=cfg.overrides,
+        provenance={
+            "weights": cfg.name,
+            "source": cfg.source,
+            "source_model": cfg.source_model,
+            "license": cfg.license,
+            "location": cfg.location,
+            "file": str(path),
+            "sha256": cfg.sha256,
+            "converted_from": layout,
+            "class_list": cfg.classes,  # imagenet-1k: hub.imagenet_classes() has the synsets
+            "preprocess_confirmed": cfg.preprocess.confirmed,
+            "reported_accuracy": [asdict(r) for r in cfg.reported],
+        },
+    )
+
+
 def load_pretrained(
     name_or_tag: str,
     *,
@@ -909,88 +1012,15 @@ def load_pretrained(
         FileFormatError: an unreadable or unsafe file, or tensors that do not fit the model.
     """
     from sknet import loading
-    from sknet.models import create_model
-    from sknet.weights import arch_config_of
 
     cfg = get_pretrained_cfg(name_or_tag)
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-    else:
-        path = fetch_pretrained(cfg.name, cache_dir=cache_dir, progress=progress)
-    overrides = cfg.overrides
+    path = _weights_path(cfg, checkpoint_path, cache_dir, progress)
     if path.suffix.lower() == ".caffemodel":
-        if cfg.converter != "caffe":
-            raise FileFormatError(
-                f"{path} is a Caffe model, but {cfg.name} are {cfg.source} weights"
-            )
-        from sknet.convert_caffe import load_caffe
-
-        try:
-            model = load_caffe(path, cfg.model)
-        except ValueError as exc:
-            raise FileFormatError(str(exc)) from None
-        layout: str = "caffe"
+        model, layout = _model_from_caffe(cfg, path), "caffe"
     else:
-        state = _read_state(path)
-        layout = _layout_of(state) or cfg.converter
-        if layout == "caffe":
-            raise FileFormatError(
-                f"{path}: {cfg.name} needs the official .caffemodel or a file converted from it "
-                "with `sknet convert --from caffe`"
-            )
-        try:
-            if layout == "timm":  # builds the model once, checks every key and shape
-                from sknet.convert import load_timm
-
-                model = load_timm(state, cfg.model)
-            elif layout == "torchvision":
-                from sknet.convert import load_torchvision
-
-                model = load_torchvision(state, cfg.model)
-            else:
-                fc = state.get("head.fc.weight")
-                width = int(fc.shape[0]) if fc is not None else 0
-                model = create_model(cfg.model, num_classes=width, **overrides)
-                loading.check_state_fits(model, state, path)
-                model.load_state_dict(state, strict=True)
-        except FileFormatError:
-            raise
-        except ValueError as exc:  # a converter naming the keys that do not fit
-            raise FileFormatError(f"{path}: {exc}") from None
-    classes = class_names(cfg.classes) if int(model.num_classes) == cfg.num_classes else None
-    record = loading.ModelRecord(
-        name=cfg.model,
-        arch=arch_config_of(model) or {},
-        num_classes=int(model.num_classes),
-        in_chans=int(model.in_chans),
-        preprocess=loading.Preprocess.from_dict(cfg.preprocess.to_unit_dict()),
-        source=cfg.name,
-        source_kind="pretrained",
-        classes=tuple(classes) if classes is not None else None,
-        class_ids=(
-            tuple(imagenet_classes()[0])
-            if classes is not None and cfg.classes == "imagenet-1k"
-            else None
-        ),
-        data="imagefolder",  # ImageNet-style folders: the data kind these weights were trained on
-        model_overrides=dict(overrides),
-        provenance={
-            "weights": cfg.name,
-            "source": cfg.source,
-            "source_model": cfg.source_model,
-            "license": cfg.license,
-            "location": cfg.location,
-            "file": str(path),
-            "sha256": cfg.sha256,
-            "converted_from": layout,
-            "class_list": cfg.classes,  # imagenet-1k: hub.imagenet_classes() has the synsets
-            "preprocess_confirmed": cfg.preprocess.confirmed,
-            "reported_accuracy": [asdict(r) for r in cfg.reported],
-        },
-    )
-    model.model_overrides = dict(overrides)  # type: ignore[assignment]
+        model, layout = _model_from_state(cfg, path)
+    record = _pretrained_record(cfg, model, path, layout)
+    model.model_overrides = cfg.overrides  # type: ignore[assignment]
     model.class_names = record.classes  # type: ignore[assignment]
     if num_classes is not None and num_classes != record.num_classes:
         model, record = loading._new_head(model, record, num_classes)
