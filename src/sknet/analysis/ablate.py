@@ -527,36 +527,77 @@ def run_ablation(
     num_classes, image_size = _data_shape(first_cfg)
 
     doc = _sweep_doc(exp, preset, base, seeds, settings, first_cfg, image_size, num_classes)
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    cplx = {r.name: _complexity(r, num_classes, image_size) for r in rows}
+    sweep = _Sweep(doc, rows, seeds, out, say)
+    sweep.cplx = {r.name: _complexity(r, num_classes, image_size) for r in rows}
+    todo = sweep.collect_finished(configs)  # validates every finished run before training
+    sweep.write_table()
+    if jobs <= 1 or len(todo) <= 1:
+        for row, seed, run_dir, cfg, resume in todo:
+            sweep.start(row, seed, run_dir, resume)
+            summary = train_fn(cfg, run_dir=run_dir, resume=resume, progress=progress)
+            sweep.finish(row, seed, run_dir, cfg, summary)
+    else:
+        custom = train_fn is not default_train
+        _run_parallel(todo, jobs, sweep.start, sweep.finish, custom_trainer=custom)
+    plot_table(doc, out)
+    return doc
 
-    def write_table() -> None:
-        doc["rows"] = [
+
+class _Sweep:
+    """The state of one :func:`run_ablation` call: the table document and the results so far,
+    rewritten (atomically) after every finished run so that an interrupted sweep shows them."""
+
+    def __init__(
+        self,
+        doc: dict[str, Any],
+        rows: list[AblationRow],
+        seeds: list[int],
+        out: Path,
+        say: Callable[[str], None],
+    ) -> None:
+        self.doc, self.rows, self.seeds, self.out, self.say = doc, rows, seeds, out, say
+        self.results: dict[tuple[str, int], dict[str, Any]] = {}
+        self.cplx: dict[str, Any] = {}
+
+    def write_table(self) -> None:
+        self.doc["rows"] = [
             _row_doc(
-                r, cplx[r.name], [results[(r.name, s)] for s in seeds if (r.name, s) in results]
+                r,
+                self.cplx[r.name],
+                [self.results[(r.name, s)] for s in self.seeds if (r.name, s) in self.results],
             )
-            for r in rows
+            for r in self.rows
         ]
-        _atomic_write(out / TABLE_JSON, json.dumps(doc, indent=1) + "\n")
-        _atomic_write(out / TABLE_MD, markdown_table(doc))
+        _atomic_write(self.out / TABLE_JSON, json.dumps(self.doc, indent=1) + "\n")
+        _atomic_write(self.out / TABLE_MD, markdown_table(self.doc))
 
-    # Validate every finished run before training anything; collect the runs still to do.
-    todo: list[tuple[AblationRow, int, Path, Any, bool]] = []
-    for row in rows:
-        for seed in seeds:
-            run_dir = out / "runs" / row.slug / f"seed{seed}"
-            cfg = configs[(row.name, seed)]
-            record = _read_record(run_dir, cfg)
-            if record is not None:
-                say(f"{row.name} seed {seed}: reused ({run_dir})")
-                results[(row.name, seed)] = {"seed": seed, "run_dir": str(run_dir), **record}
-            else:
-                # A run directory with a config is an interrupted run: the trainer resumes it
-                # from its last checkpoint (or restarts it when none was written yet).
-                todo.append((row, seed, run_dir, cfg, (run_dir / "config.toml").is_file()))
-    write_table()
+    def collect_finished(
+        self, configs: dict[tuple[str, int], Any]
+    ) -> list[tuple[AblationRow, int, Path, Any, bool]]:
+        """Record the finished runs (their settings checked); return the runs still to do."""
+        todo: list[tuple[AblationRow, int, Path, Any, bool]] = []
+        for row in self.rows:
+            for seed in self.seeds:
+                run_dir = self.out / "runs" / row.slug / f"seed{seed}"
+                cfg = configs[(row.name, seed)]
+                record = _read_record(run_dir, cfg)
+                if record is not None:
+                    self.say(f"{row.name} seed {seed}: reused ({run_dir})")
+                    self.results[(row.name, seed)] = {
+                        "seed": seed,
+                        "run_dir": str(run_dir),
+                        **record,
+                    }
+                else:
+                    # A run directory with a config is an interrupted run: the trainer resumes
+                    # it from its last checkpoint (or restarts it when none was written yet).
+                    todo.append((row, seed, run_dir, cfg, (run_dir / "config.toml").is_file()))
+        return todo
 
-    def finish(row: AblationRow, seed: int, run_dir: Path, cfg: Any, summary: Any) -> None:
+    def start(self, row: AblationRow, seed: int, run_dir: Path, resume: bool) -> None:
+        self.say(f"{row.name} seed {seed}: {'resuming' if resume else 'training'} ({run_dir})")
+
+    def finish(self, row: AblationRow, seed: int, run_dir: Path, cfg: Any, summary: Any) -> None:
         record = {
             "fingerprint": _fingerprint(cfg),
             "row": row.name,
@@ -564,22 +605,9 @@ def run_ablation(
             "summary": jsonable(summary),
         }
         _atomic_write(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
-        say(f"{row.name} seed {seed}: top-1 error {_top1_err(record['summary']):.2f}%")
-        results[(row.name, seed)] = {"seed": seed, "run_dir": str(run_dir), **record}
-        write_table()
-
-    def start(row: AblationRow, seed: int, run_dir: Path, resume: bool) -> None:
-        say(f"{row.name} seed {seed}: {'resuming' if resume else 'training'} ({run_dir})")
-
-    if jobs <= 1 or len(todo) <= 1:
-        for row, seed, run_dir, cfg, resume in todo:
-            start(row, seed, run_dir, resume)
-            summary = train_fn(cfg, run_dir=run_dir, resume=resume, progress=progress)
-            finish(row, seed, run_dir, cfg, summary)
-    else:
-        _run_parallel(todo, jobs, start, finish, custom_trainer=train_fn is not default_train)
-    plot_table(doc, out)
-    return doc
+        self.say(f"{row.name} seed {seed}: top-1 error {_top1_err(record['summary']):.2f}%")
+        self.results[(row.name, seed)] = {"seed": seed, "run_dir": str(run_dir), **record}
+        self.write_table()
 
 
 def _run_parallel(
