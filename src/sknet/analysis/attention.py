@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -575,87 +575,120 @@ def collect_attention(
     k = len(classes)
     if k < 1:
         raise ValueError("classes must name at least one class")
-    if isinstance(views, Dataset):
-        total = len(views)  # type: ignore[arg-type]
-        batches: Iterable[Any] = DataLoader(
-            views, batch_size=batch_size, shuffle=False, num_workers=num_workers
-        )
-    else:
-        total = -1
-        batches = views
+    batches, total = _batches(views, batch_size, num_workers)
     device = torch.device(device)
     was_training = model.training
     model.eval()
     model.to(device)
 
-    sums = {
-        u: torch.zeros(len(zs), i.num_branches, i.channels, dtype=torch.float64)
-        for u, i in units.items()
-    }
-    class_sums = {
-        u: torch.zeros(len(zs), k, i.num_branches, dtype=torch.float64) for u, i in units.items()
-    }
-    diffs: dict[str, list[torch.Tensor]] = {u: [] for u in units}
-    labels_all: list[torch.Tensor] = []
-    index_all: list[torch.Tensor] = []
-    correct_all: list[torch.Tensor] = []
-    done = 0
+    acc = _AttentionAccumulator(zs, units, k)
     try:
         with capture_attention(model) as att, torch.inference_mode():
-            for batch in batches:
-                x, y, idx = batch
-                y = torch.as_tensor(y, dtype=torch.long)
-                if x.dim() != 5 or x.shape[1] != len(zs):
-                    raise ValueError(
-                        f"expected views of shape (N, {len(zs)}, C, H, W), got {tuple(x.shape)}"
-                    )
-                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-                    raise ValueError(
-                        f"label {int(y.max())} out of range for {k} classes: does the model's "
-                        "classifier match the dataset?"
-                    )
-                n = x.shape[0]
-                batch_diffs = {u: torch.empty(len(zs), n) for u in units}
-                batch_correct = torch.empty(len(zs), n, dtype=torch.bool)
-                for zi in range(len(zs)):
-                    logits = model(x[:, zi].to(device, non_blocking=True))
-                    batch_correct[zi] = logits.argmax(dim=1).cpu() == y
-                    for u, info in units.items():
-                        a = att[u].to("cpu", torch.float64)  # (N, M, C)
-                        if not torch.isfinite(a).all():
-                            raise ValueError(f"non-finite attention in {u} at zoom {zs[zi]}")
-                        sums[u][zi] += a.sum(dim=0)
-                        am = a.mean(dim=2)  # (N, M)
-                        class_sums[u][zi].index_add_(0, y, am)
-                        batch_diffs[u][zi] = (am[:, info.large] - am[:, info.small]).float()
-                for u in units:
-                    diffs[u].append(batch_diffs[u])
-                labels_all.append(y)
-                index_all.append(torch.as_tensor(idx, dtype=torch.long))
-                correct_all.append(batch_correct)
-                done += n
+            for x, y, idx in batches:
+                acc.add_batch(model, att, x, y, idx, device)
                 if progress is not None:
-                    progress(done, total)
+                    progress(acc.done, total)
     finally:
         model.train(was_training)
-    if done == 0:
-        raise ValueError("no images to analyse")
-    labels = torch.cat(labels_all).numpy()
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), np.nan)
-    return AttentionResult(
-        zooms=zs,
-        units=units,
-        classes=[str(c) for c in classes],
-        labels=labels,
-        indices=torch.cat(index_all).numpy(),
-        correct=torch.cat(correct_all, dim=1).numpy(),
-        channel_mean={u: (s / done).numpy() for u, s in sums.items()},
-        class_branch_mean={u: s.numpy() * inv[None, :, None] for u, s in class_sums.items()},
-        image_diff={u: torch.cat(d, dim=1).numpy() for u, d in diffs.items()},
-        meta=dict(meta or {}),
-    )
+    return acc.result(classes, meta)
+
+
+def _batches(
+    views: Dataset | Iterable[Any], batch_size: int, num_workers: int
+) -> tuple[Iterable[Any], int]:
+    """The batches of ``views`` and the number of images (-1 when ``views`` is no dataset)."""
+    if isinstance(views, Dataset):
+        total = len(views)  # type: ignore[arg-type]
+        loader = DataLoader(views, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        return loader, total
+    return views, -1
+
+
+class _AttentionAccumulator:
+    """Running sums of :func:`collect_attention`, one batch at a time (float64, on the CPU)."""
+
+    def __init__(self, zooms: tuple[float, ...], units: dict[str, UnitInfo], k: int) -> None:
+        self.zooms = zooms
+        self.units = units
+        self.k = k
+        self.sums = {
+            u: torch.zeros(len(zooms), i.num_branches, i.channels, dtype=torch.float64)
+            for u, i in units.items()
+        }
+        self.class_sums = {
+            u: torch.zeros(len(zooms), k, i.num_branches, dtype=torch.float64)
+            for u, i in units.items()
+        }
+        self.diffs: dict[str, list[torch.Tensor]] = {u: [] for u in units}
+        self.labels: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
+        self.done = 0
+
+    def add_batch(
+        self,
+        model: nn.Module,
+        att: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: Any,
+        idx: Any,
+        device: torch.device,
+    ) -> None:
+        """Run ``model`` on each zoom of batch ``x`` (N, Z, C, H, W) and add its attention."""
+        zs, k = self.zooms, self.k
+        y = torch.as_tensor(y, dtype=torch.long)
+        if x.dim() != 5 or x.shape[1] != len(zs):
+            raise ValueError(
+                f"expected views of shape (N, {len(zs)}, C, H, W), got {tuple(x.shape)}"
+            )
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(
+                f"label {int(y.max())} out of range for {k} classes: does the model's "
+                "classifier match the dataset?"
+            )
+        n = x.shape[0]
+        batch_diffs = {u: torch.empty(len(zs), n) for u in self.units}
+        batch_correct = torch.empty(len(zs), n, dtype=torch.bool)
+        for zi in range(len(zs)):
+            logits = model(x[:, zi].to(device, non_blocking=True))
+            batch_correct[zi] = logits.argmax(dim=1).cpu() == y
+            for u, info in self.units.items():
+                a = att[u].to("cpu", torch.float64)  # (N, M, C)
+                if not torch.isfinite(a).all():
+                    raise ValueError(f"non-finite attention in {u} at zoom {zs[zi]}")
+                self.sums[u][zi] += a.sum(dim=0)
+                am = a.mean(dim=2)  # (N, M)
+                self.class_sums[u][zi].index_add_(0, y, am)
+                batch_diffs[u][zi] = (am[:, info.large] - am[:, info.small]).float()
+        for u in self.units:
+            self.diffs[u].append(batch_diffs[u])
+        self.labels.append(y)
+        self.indices.append(torch.as_tensor(idx, dtype=torch.long))
+        self.correct.append(batch_correct)
+        self.done += n
+
+    def result(self, classes: Sequence[str], meta: dict[str, Any] | None) -> AttentionResult:
+        """The means over all images added so far; ValueError when there were none."""
+        if self.done == 0:
+            raise ValueError("no images to analyse")
+        labels = torch.cat(self.labels).numpy()
+        counts = np.bincount(labels, minlength=self.k).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), np.nan)
+        return AttentionResult(
+            zooms=self.zooms,
+            units=self.units,
+            classes=[str(c) for c in classes],
+            labels=labels,
+            indices=torch.cat(self.indices).numpy(),
+            correct=torch.cat(self.correct, dim=1).numpy(),
+            channel_mean={u: (s / self.done).numpy() for u, s in self.sums.items()},
+            class_branch_mean={
+                u: s.numpy() * inv[None, :, None] for u, s in self.class_sums.items()
+            },
+            image_diff={u: torch.cat(d, dim=1).numpy() for u, d in self.diffs.items()},
+            meta=dict(meta or {}),
+        )
 
 
 def load_attention_json(path: Any) -> dict[str, Any]:

@@ -84,36 +84,13 @@ def build_views(
             :func:`~sknet.analysis.attention.select_synthetic`).
         crop_ratio: photos: evaluation crop ratio (224 of 256).
     """
-    from sknet.data import build_dataset, eval_resize_size, normalization
-
     zs = check_zooms(zooms, allow_below_one=data == "synthetic")
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if data == "synthetic":
-        from sknet.data import SyntheticShapes
-
-        lo, hi = train_scale_range if train_scale_range is not None else DEFAULT_SCALE_RANGE
-        pool = SyntheticShapes(
-            num_samples=max(num_images * _SYNTHETIC_POOL_FACTOR, 1000),
-            image_size=48 if image_size is None else int(image_size),
-            seed=seed,
-            split=split,
-            scale_range=(lo, hi),
+        return _synthetic_views(
+            zs, num_images, split, image_size, mean, std, seed, train_scale_range, selection
         )
-        d_mean, d_std = normalization("synthetic")
-        indices, sel = select_synthetic(pool, num_images, zs, (lo, hi), selection)
-        if len(indices) < num_images:
-            sel["shortfall"] = num_images - len(indices)
-        ds: Dataset = SyntheticZoomSet(pool, indices, zs, mean or d_mean, std or d_std)
-        protocol = {
-            "zoom_method": "render",
-            "image_size": pool.image_size,
-            "selection": sel,
-            "split": split,
-            "seed": seed,
-        }
-        return Views(ds, list(pool.classes), zs, protocol, f"built-in synthetic shapes ({split})")
-
     if data not in ("imagefolder", "cifar10", "cifar100"):
         raise ValueError(
             f"unknown dataset {data!r} for analysis; use synthetic, imagefolder, cifar10 or "
@@ -121,6 +98,60 @@ def build_views(
         )
     if data_dir is None:
         raise ValueError(f"--data {data} needs --data-dir (a local folder; nothing is downloaded)")
+    return _photo_views(data, zs, num_images, data_dir, split, image_size, mean, std, crop_ratio)
+
+
+def _synthetic_views(
+    zs: tuple[float, ...],
+    num_images: int,
+    split: str,
+    image_size: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    seed: int,
+    train_scale_range: tuple[float, float] | None,
+    selection: str,
+) -> Views:
+    """:func:`build_views` for ``data="synthetic"``: objects re-rendered at each zoom."""
+    from sknet.data import SyntheticShapes, normalization
+
+    lo, hi = train_scale_range if train_scale_range is not None else DEFAULT_SCALE_RANGE
+    pool = SyntheticShapes(
+        num_samples=max(num_images * _SYNTHETIC_POOL_FACTOR, 1000),
+        image_size=48 if image_size is None else int(image_size),
+        seed=seed,
+        split=split,
+        scale_range=(lo, hi),
+    )
+    d_mean, d_std = normalization("synthetic")
+    indices, sel = select_synthetic(pool, num_images, zs, (lo, hi), selection)
+    if len(indices) < num_images:
+        sel["shortfall"] = num_images - len(indices)
+    ds: Dataset = SyntheticZoomSet(pool, indices, zs, mean or d_mean, std or d_std)
+    protocol = {
+        "zoom_method": "render",
+        "image_size": pool.image_size,
+        "selection": sel,
+        "split": split,
+        "seed": seed,
+    }
+    return Views(ds, list(pool.classes), zs, protocol, f"built-in synthetic shapes ({split})")
+
+
+def _photo_views(
+    data: str,
+    zs: tuple[float, ...],
+    num_images: int,
+    data_dir: str | Path,
+    split: str,
+    image_size: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    crop_ratio: float,
+) -> Views:
+    """:func:`build_views` for photos (imagefolder / CIFAR): centre crop and resize per zoom."""
+    from sknet.data import build_dataset, eval_resize_size, normalization
+
     raw = build_dataset(data, data_dir=data_dir, split=split, transform=None)
     kind = "imagenet" if data == "imagefolder" else data
     d_mean, d_std = normalization(kind)
