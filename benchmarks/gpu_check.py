@@ -87,6 +87,7 @@ from sknet.benchmark import (
     warm_up,
 )
 from sknet.benchmark.engine import Variant, inductor_freezing
+from sknet.benchmark.reference import randomize_bn, reference_model
 from sknet.benchmark.report import cpu_name
 from sknet.layers import triton_select
 from sknet.layers.sk import SKConv
@@ -330,44 +331,6 @@ def section_environment(ctx: Ctx, out: dict[str, Any], deadline: float) -> None:
 
 
 # ----------------------------------------------------------------------------- correctness
-
-
-def reference_sk_forward(sk: SKConv, x: torch.Tensor) -> torch.Tensor:
-    """V = sum_m a_m U_m, a = softmax_M(fc_select(ReLU(BN(fc_reduce(GAP(sum_m U_m)))))), written
-    as plainly as possible, with the branch convolutions called as declared."""
-    xs = torch.chunk(x, sk.num_branches, dim=1) if sk.split_input else [x] * sk.num_branches
-    feats = torch.stack([b.act(b.bn(b.conv(xi))) for b, xi in zip(sk.branches, xs)], dim=1)
-    u = feats.sum(dim=1)
-    if sk.attn is None:
-        return u
-    s = u.mean(dim=(2, 3), keepdim=True)
-    z = sk.attn.act(sk.attn.bn(sk.attn.fc_reduce(s)))
-    logits = sk.attn.fc_select(z).view(x.shape[0], sk.num_branches, -1)
-    a = logits.softmax(dim=1)[..., None, None]
-    return (feats * a.to(feats.dtype)).sum(dim=1)
-
-
-def reference_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose SK units compute :func:`reference_sk_forward`."""
-    ref = copy.deepcopy(model)
-    for m in ref.modules():
-        if isinstance(m, SKConv):
-            m.forward = reference_sk_forward.__get__(m)  # type: ignore[method-assign]
-    return ref
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, as after training."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_((torch.rand(n, generator=gen) - 0.5) * 0.6)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_((torch.rand(n, generator=gen) - 0.5) * 0.4)
-    return model
 
 
 TOL = {
