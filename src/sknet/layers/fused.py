@@ -205,7 +205,7 @@ class FusedConv2d(nn.Module):
             and dev == "cpu"
             and _MKLDNN
             and x.dtype in (torch.float32, torch.bfloat16)
-            and _onednn_dtype_ok(x)
+            and (_MKLDNN_BF16 or _onednn_dtype_ok(x))  # only CPUs without bf16 kernels check
             and not (x.requires_grad and torch.is_grad_enabled())  # oneDNN op: no autograd
         ):
             if torch.is_autocast_enabled("cpu"):
