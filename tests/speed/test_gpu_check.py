@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# CI runs these natively and with the ISA capped to AVX2: the quick CPU run exercises bf16,
+# torch.compile and the fused paths.
+pytestmark = pytest.mark.machine_sensitive
+
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 SECTIONS = (

@@ -16,6 +16,10 @@ from sknet.layers.fused import (
     set_fast_kernels,
 )
 
+# CI runs these natively and with the ISA capped to AVX2: deployed models pick oneDNN kernels (and
+# bf16 support) by ISA.
+pytestmark = pytest.mark.machine_sensitive
+
 MODELS = [
     ("sknet_tiny", 48),
     ("resnext_tiny", 48),

@@ -9,6 +9,11 @@ import torch.nn.functional as F
 import sknet
 from sknet.layers.sk import SKConv, strided_dilation_shortcut
 
+# CI runs these natively and with the ISA capped to AVX2: the SK fast path and compiled code run
+# ISA-specific kernels.
+pytestmark = pytest.mark.machine_sensitive
+
+
 CONFIGS = [
     {},
     {"branches": (3, 5, 7)},

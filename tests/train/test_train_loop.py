@@ -174,6 +174,7 @@ def test_user_errors_are_clear(tmp_path: Path) -> None:
         train(tiny_config(num_samples=10), tmp_path / "v")
 
 
+@pytest.mark.machine_sensitive  # bf16 kernels exist on AVX-512 BF16 CPUs only
 def test_bf16_autocast_and_grad_accumulation_on_cpu(tmp_path: Path) -> None:
     s = train(tiny_config(epochs=1, amp="bf16", grad_accum=2), tmp_path / "bf16")
     assert s["steps"] == 96 // 16

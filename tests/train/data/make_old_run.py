@@ -8,16 +8,21 @@ defeat their purpose. Run from the repository root::
     .venv/bin/python tests/train/data/make_old_run.py OUT_DIR
 
 ``old_run_final``: the whole run (2 epochs x 6 steps; its checkpoints are dropped to keep the
-fixture small). ``old_run``: the same run killed right
+fixture small); ``old_run_final/machine.json`` records what its bits depend on (torch version,
+ATen CPU capability, oneDNN ISA), so that tests compare bit for bit only on a machine that
+computes the same bits. ``old_run``: the same run killed right
 after its mid-epoch checkpoint at global step 8 (epoch 2, step 2 of 6); resuming it must give
 ``old_run_final``'s weights.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
+
+import torch
 
 import sknet.train.trainer as trainer
 from sknet.train import load_preset, train
@@ -77,6 +82,15 @@ def main(out: Path) -> None:
             (run / junk).unlink(missing_ok=True)
         shutil.rmtree(run / "tb", ignore_errors=True)
     shutil.rmtree(final / "checkpoints")  # old_run's checkpoint is the one the tests load
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: conftest's probe
+    from conftest import onednn_isa
+
+    machine = {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": onednn_isa(),
+    }
+    (final / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
 
 
 if __name__ == "__main__":
