@@ -14,7 +14,13 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["Complexity", "complexity"]
+from sknet.errors import ConfigError
+
+__all__ = ["MAX_COUNTED_SIDE", "Complexity", "complexity"]
+
+#: The largest input side :func:`complexity` counts. The pass runs on the meta device, so memory
+#: is not the limit; torch's shape arithmetic is (64-bit: a side of 1e20 overflows in C++).
+MAX_COUNTED_SIDE = 2**20
 
 
 @dataclass(frozen=True)
@@ -39,13 +45,15 @@ def complexity(
     """
     size = input_size if input_size is not None else getattr(model, "default_input_size", None)
     if size is None:
-        raise ValueError("input_size is required for a model without default_input_size")
+        raise ConfigError("input_size is required for a model without default_input_size")
     chans = in_chans if in_chans is not None else getattr(model, "in_chans", 3)
     params = sum(p.numel() for p in model.parameters())
     ref = next(model.parameters(), None)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"input_size must be a positive int, got {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_COUNTED_SIDE:
+        raise ConfigError(
+            f"input_size must be an int in [1, {MAX_COUNTED_SIDE}], got {str(size)[:40]}"
+        )
     was_training = model.training
     model.eval()
     # The pass runs on the meta device: shapes only, no memory for activations and no compute,

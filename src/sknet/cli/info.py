@@ -6,6 +6,8 @@ import argparse
 import json
 
 from sknet.cli import examples
+from sknet.complexity import MAX_COUNTED_SIDE
+from sknet.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
             print(n)
         return 0
     if not args.names:
-        raise ValueError("give at least one model name (sknet info --list shows them)")
-    if args.input_size is not None and args.input_size < 1:
-        raise ValueError(f"--input-size must be positive, got {args.input_size}")
+        raise ConfigError("give at least one model name (sknet info --list shows them)")
+    if args.input_size is not None and not 1 <= args.input_size <= MAX_COUNTED_SIDE:
+        raise ConfigError(
+            f"--input-size must be in [1, {MAX_COUNTED_SIDE}], got {str(args.input_size)[:40]}"
+        )
     rows = [_row(n, args.input_size, args.num_classes) for n in _expand(args.names)]
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
