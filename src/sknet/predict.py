@@ -14,8 +14,10 @@ that a file that is not an image is *reported* rather than silently left out. A 
 not exist, a pattern that matches nothing and an input that yields no image at all are errors.
 
 Preprocessing is the weights' own (:class:`sknet.Preprocess`, recorded with the weights): the
-image is read as 8-bit RGB (:func:`sknet.data.load_image`: 16-bit and float grayscale are scaled
-to 8 bits, RGBA and palette images flattened), its short side resized to ``resize`` and the
+image is read as 8-bit RGB, upright (:func:`sknet.data.load_image` for files, the same
+conversion for in-memory PIL images: the EXIF orientation applied as photo viewers do, 16-bit,
+32-bit and float grayscale scaled to 8 bits, RGBA and palette images flattened), its short side
+resized to ``resize`` and the
 central ``input_size`` square cropped; then ``ToTensor``, the channel order (BGR for Caffe
 weights, flipped before normalising, so ``mean``/``std`` are in that order) and
 ``Normalize(mean, std)``.
@@ -343,19 +345,34 @@ def _resolve(
     return model, preprocess, tuple(str(c) for c in classes) if classes else None, record
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type name when it has none: an error
+    report always says why."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _read(
     item: Any, index: int, transform: Callable
 ) -> tuple[str, torch.Tensor | None, str | None]:
+    """``(path, tensor, None)`` for a readable image, ``(path, None, reason)`` otherwise.
+
+    Files are read with :func:`sknet.data.load_image`, in-memory PIL images converted with
+    :func:`sknet.data.real.to_rgb`: the same reader (EXIF orientation applied, 16/32-bit
+    scaled) for both.
+    """
     from PIL import Image, UnidentifiedImageError
 
     from sknet.data import load_image
+    from sknet.data.real import CorruptImageError, to_rgb
+    from sknet.errors import FileFormatError
 
     if isinstance(item, Image.Image):
         path = f"<image {index}>"
         try:
-            return path, transform(item.convert("RGB") if item.mode != "RGB" else item), None
+            return path, transform(to_rgb(item)), None
         except Exception as exc:  # the image's content is input: report it, go on
-            return path, None, f"cannot preprocess the image: {exc}"
+            return path, None, f"cannot preprocess the image: {_reason(exc)}"
     path = os.fspath(item)
     try:
         img = load_image(path)
@@ -367,13 +384,16 @@ def _read(
         return path, None, "no such file"
     except PermissionError:
         return path, None, "permission denied"
-    except Exception as exc:  # truncated or corrupt data: PIL raises OSError, SyntaxError, ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return path, None, f"corrupt or truncated image file ({reason})"
+    except CorruptImageError as exc:
+        return path, None, f"corrupt or truncated image file ({exc.reason})"
+    except FileFormatError as exc:  # e.g. over the decompression-bomb limit
+        return path, None, _reason(exc).removeprefix(f"{path}: ")
+    except Exception as exc:  # anything else the decoders raise on bad data
+        return path, None, f"corrupt or truncated image file ({_reason(exc)})"
     try:
         return path, transform(img), None
     except Exception as exc:
-        return path, None, f"cannot preprocess the image: {exc}"
+        return path, None, f"cannot preprocess the image: {_reason(exc)}"
 
 
 def _classify(
@@ -502,13 +522,22 @@ def predict(
 # ----------------------------------------------------------------------------------- naming
 
 
-def explain_names(paths: Sequence[str]) -> list[str]:
+#: Length of the hash that makes a shortened figure name unique.
+_HASH_CHARS = 10
+
+
+def explain_names(paths: Sequence[str], max_bytes: int = 255) -> list[str]:
     """Distinct PNG file names for the explanation figures of ``paths``.
 
     Each name is the image's path relative to the folder all the images share, with folder
     separators as ``__`` and the extension dropped (``cats/a.jpg -> cats__a.png``); unsafe
     characters become ``_``. Where two images would still get the same name (``a.jpg`` and
     ``a.png``) the extension is kept (``a_jpg.png``), then a counter is added.
+
+    A name longer than ``max_bytes`` (the file system's ``NAME_MAX``, 255 on most; images deep
+    in nested folders) is shortened deterministically: its end (the image's own name and the
+    nearest folders) is kept, after a hash of the full name, ``<hash>-<end>.png``; the same
+    image always gets the same name, and different images different names.
     """
     if not paths:
         return []
@@ -538,8 +567,21 @@ def explain_names(paths: Sequence[str]) -> list[str]:
             n += 1
             name = f"{s}-{n}"
         used.add(name.lower())
-        out.append(name + ".png")
+        out.append(_shorten(name, max_bytes - len(".png")) + ".png")
     return out
+
+
+def _shorten(stem: str, limit: int) -> str:
+    """``stem`` if it fits in ``limit`` bytes (it is ASCII, see :func:`_safe`), else
+    ``<hash of stem>-<its end>`` of exactly ``limit`` bytes."""
+    if len(stem) <= limit:
+        return stem
+    import hashlib
+
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:_HASH_CHARS]
+    keep = max(limit - _HASH_CHARS - 1, 0)
+    tail = stem[len(stem) - keep :] if keep else ""
+    return f"{digest}-{tail}" if tail else digest[: max(limit, 1)]
 
 
 def _safe(text: str) -> str:
@@ -596,14 +638,15 @@ def save_explanation(
 
     from sknet._files import atomic_save
     from sknet.data import load_image
+    from sknet.data.real import to_rgb
 
     if not prediction.ok or not prediction.attention:
         raise ValueError(
             f"{prediction.path}: no attention to draw (use predict(..., explain=True) on an "
             "image that was classified)"
         )
-    img = image if isinstance(image, PILImage.Image) else load_image(image)
-    crop = preprocess_transform(preprocess).geometry(img.convert("RGB"))  # type: ignore[attr-defined]
+    img = to_rgb(image) if isinstance(image, PILImage.Image) else load_image(image)
+    crop = preprocess_transform(preprocess).geometry(img)  # type: ignore[attr-defined]
     att = prediction.attention
     units = list(att)
     m = max(len(v) for v in att.values())

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="EXPERIMENT",
         help="table6 | table7 | attention | baselines",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="sweep folder (required to train)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (required to train)")
     p.add_argument("--preset", default="demo", help="training preset or TOML file (default demo)")
     p.add_argument(
         "--model",
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("name an experiment: table6, table7, attention or baselines (--list)")
     if args.out is None:
         raise ValueError("--out DIR is required (the sweep folder)")
+    from sknet._files import check_out_arg
+
+    args.out = Path(check_out_arg(args.out, "--out") or "")  # '' is an error, not "here"
     settings = parse_set_options(args.sets)
     if args.data is not None:
         settings["data"] = args.data

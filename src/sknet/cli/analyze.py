@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run directory, .pt checkpoint or .safetensors weights (e.g. from "
         "'sknet convert --from timm')",
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--data",
         choices=DATA_CHOICES,
@@ -152,6 +152,9 @@ def _get(info: dict[str, Any], *keys: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from sknet._files import check_out_arg
+
+    args.out = Path(check_out_arg(args.out, "--out") or "")  # '' is an error, not "here"
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.batch_size < 1:

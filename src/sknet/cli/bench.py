@@ -63,7 +63,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-share-weights", action="store_true", help="skip timm -> sknet weights")
     p.add_argument(
         "--out",
-        type=Path,
         default=None,
         metavar="DIR",
         help="also write DIR/bench.md (the report) and DIR/bench.json (all results)",
@@ -87,9 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import atomic_write_text, check_output
+    from sknet._files import atomic_write_text, check_out_arg, check_output
     from sknet.benchmark import BenchConfig, parse_groups, run_benchmark
 
+    if args.out is not None:  # '' is an error, not "the current folder"
+        args.out = Path(check_out_arg(args.out, "--out") or "")
     cfg = BenchConfig(
         models=tuple(c.strip() for c in args.models.split(",") if c.strip()),
         compile=args.compile,

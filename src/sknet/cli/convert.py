@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "sknet convert --from caffe SKNet-50.caffemodel sknet50_caffe.safetensors",
         ),
     )
-    p.add_argument("src", type=Path, help="source weights file (state dict or .caffemodel)")
-    p.add_argument("dst", type=Path, help="output .safetensors file")
+    p.add_argument("src", help="source weights file (state dict or .caffemodel)")
+    p.add_argument("dst", help="output .safetensors file")
     p.add_argument(
         "--from",
         dest="source",
@@ -40,10 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_output
+    from sknet._files import check_out_arg, check_output
     from sknet.convert import convert_file
     from sknet.weights import save_weights
 
+    args.src = Path(check_out_arg(args.src, "SRC") or "")  # '' is an error, not "here"
+    args.dst = Path(check_out_arg(args.dst, "DST") or "")
     check_output(
         args.dst, sources=[args.src], force=args.force, suffixes=(".safetensors",), what="DST"
     )

@@ -38,7 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", default=None, help="folder of the data (default: the run's)")
     p.add_argument(
-        "--sizes", type=int, nargs="+", default=None, metavar="N", help="evaluation sizes"
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="evaluation sizes, each from the model's minimum input (its total stride) to 4096",
     )
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -62,8 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sknet._files import check_out_arg
+    from sknet._limits import check_image_side
     from sknet.train import evaluate_source
 
+    check_out_arg(args.out, "--out")
+    if args.sizes:  # before any work: --sizes 100000 would ask for tens of GiB
+        args.sizes = [check_image_side(s, "--sizes", config=True) for s in args.sizes]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads < 0:
@@ -72,18 +82,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.val_samples is not None and args.val_samples < 1:
         raise ValueError(f"--val-samples must be positive, got {args.val_samples}")
-    if args.sizes and min(args.sizes) < 1:
-        raise ValueError(f"--sizes must be positive, got {args.sizes}")
     from sknet._files import atomic_write_text, check_output
     from sknet.loading import _looks_like_path, resolve_source
     from sknet.train.distributed import resolve_device
 
     resolve_device(args.device)  # an unknown device is an error before any work
-    # A file source is protected from being overwritten; a registry name has no file here.
-    sources = [resolve_source(args.source)[0]] if _looks_like_path(args.source) else []
+    # A file source is protected from being overwritten, and so is every existing file of the
+    # run directory it belongs to (RUN, RUN/model.safetensors or RUN/checkpoints/last.pt alike);
+    # a registry name has no file here.
+    sources = []
+    if _looks_like_path(args.source):
+        sources = [Path(args.source), resolve_source(args.source)[0]]
     run_dir = Path(args.source) if Path(args.source).is_dir() else None
     out = None
-    if args.out:
+    if args.out is not None:
         out = check_output(
             args.out,
             sources=sources,

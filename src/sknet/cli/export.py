@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format", choices=["onnx", "pt2"], default=None, help="file format (default: from --out)"
     )
-    p.add_argument("--out", type=Path, default=None, help="output file (default: MODEL.FORMAT)")
+    p.add_argument("--out", default=None, help="output file (default: MODEL.FORMAT)")
     p.add_argument(
         "--input-size", type=int, default=None, help="H = W of the graph (default: native)"
     )
@@ -38,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_output
+    from sknet._files import check_out_arg, check_output
     from sknet.export import export_model
     from sknet.loading import _looks_like_path, load, resolve_source
 
+    if args.out is not None:  # '' is an error, not "the current folder"
+        args.out = Path(check_out_arg(args.out, "--out") or "")
     fmt = args.format
     if fmt is None:
         suffix = args.out.suffix.lstrip(".").lower() if args.out is not None else ""
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if _looks_like_path(args.source):
         if args.num_classes is not None:
             raise ConfigError("--num-classes applies to model names only; a file sets its own")
-        sources.append(resolve_source(args.source)[0])
+        sources += [Path(args.source), resolve_source(args.source)[0]]  # and their run dir
         if Path(args.source).is_dir():
             protected.append(Path(args.source))
     out = args.out

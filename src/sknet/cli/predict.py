@@ -5,6 +5,13 @@ given), writes one row per image to ``--out`` (CSV, JSON or JSONL, chosen by the
 and with ``--explain DIR`` one PNG per image of what every SK unit selected. Files that cannot
 be read are reported (row with the reason, and on stderr) and skipped: the exit status is 1 when
 any image failed, after the others have been predicted and written.
+
+Every output path is checked before any work (:func:`sknet._files.check_output`): an empty
+``--out``/``--explain``, an existing file of the run directory the source belongs to, a file
+name or path too long for the file system are one-line errors. Figure names that would be too
+long (images deep in nested folders) are shortened with a hash (:func:`sknet.predict.
+explain_names`). ``--out`` is written before the figures, so a figure that cannot be written
+never loses the predictions.
 """
 
 from __future__ import annotations
@@ -74,10 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sknet._files import check_out_arg
     from sknet.loading import load
     from sknet.predict import expand_inputs
     from sknet.train.distributed import resolve_device
 
+    check_out_arg(args.out, "--out")
+    check_out_arg(args.explain, "--explain")
     if args.topk < 1:
         raise ValueError(f"--topk must be positive, got {args.topk}")
     if args.batch_size < 1:
@@ -88,14 +98,18 @@ def run(args: argparse.Namespace) -> int:
     model, record = load(args.source)
     many = len(files) > TABLE_MAX
     results = _predict(args, model, record, files, device, many)
+    if out is not None:  # the predictions first: a figure that fails cannot lose them
+        _write_out(args, results, record, out)
     written = _write_figures(results, figures, record, many)
     return _report(args, results, record, out, written, many)
 
 
 def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | None, dict]:
-    """The --out file and the --explain figure of each image, checked: never the source (or a
-    file of its run directory), never an input image, existing files only with --force."""
-    from sknet._files import check_output
+    """The --out file and the --explain figure of each image, checked before any work: never
+    the source or an existing file of its run directory (however the source was named, see
+    :func:`sknet._files.check_output`), never an input image, existing files only with
+    --force, names the file system can hold."""
+    from sknet._files import check_output, check_path_length, name_max
     from sknet.errors import OutputError
     from sknet.loading import resolve_source
     from sknet.predict import explain_names
@@ -104,11 +118,12 @@ def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | 
     sources: list[Path] = []
     protected: list[Path] = []
     if src.exists():
-        sources.append(resolve_source(src)[0] if src.is_dir() else src)
-        if src.is_dir():
+        sources.append(src)  # its run directory, if any, is protected by check_output
+        if src.is_dir():  # a folder source is a run directory, whatever it holds
+            sources.append(resolve_source(src)[0])
             protected.append(src)
     out = None
-    if args.out:
+    if args.out is not None:
         out = check_output(
             args.out,
             sources=sources,
@@ -118,12 +133,14 @@ def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | 
             what="--out",
         )
     figures: dict[str, Path] = {}
-    if args.explain:
+    if args.explain is not None:
         folder = Path(args.explain).expanduser()
+        check_path_length(folder, "--explain")
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"--explain {folder} is a file; give a folder")
+            raise OutputError(f"--explain {folder} is a file; give a folder")
         inputs = {os.path.realpath(f) for f in files}
-        for f, name in zip(files, explain_names([str(f) for f in files])):
+        names = explain_names([str(f) for f in files], max_bytes=name_max(folder))
+        for f, name in zip(files, names):
             if os.path.realpath(folder / name) in inputs:
                 raise OutputError(
                     f"--explain {folder / name} would overwrite an input image (even with "
@@ -186,6 +203,12 @@ def _write_figures(results: list[Any], figures: dict, record: Any, many: bool) -
     return written
 
 
+def _write_out(args: argparse.Namespace, results: list[Any], record: Any, out: Path) -> None:
+    from sknet._files import atomic_write_text
+
+    atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
+
+
 def _report(
     args: argparse.Namespace,
     results: list[Any],
@@ -194,11 +217,7 @@ def _report(
     written: int,
     many: bool,
 ) -> int:
-    """Write --out, print the table (or a summary) and the failures; the exit status."""
-    from sknet._files import atomic_write_text
-
-    if out is not None:
-        atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
+    """Print the table (or a summary) and the failures; the exit status."""
     failed = [r for r in results if not r.ok]
     print(
         f"{record.name} ({record.num_classes} classes, {record.preprocess.input_size}px) "
@@ -261,7 +280,11 @@ def _attention_columns(results: list[Any]) -> list[tuple[str, str]]:
 def format_results(results: list[Any], suffix: str, record: Any, topk: int) -> str:
     """The text of the ``--out`` file: ``.csv`` (one row per image, top-k label/score pairs,
     the error, and with attention one column per unit and branch), ``.jsonl`` (one prediction
-    object per line) or ``.json`` (the model, its preprocessing and all predictions)."""
+    object per line) or ``.json`` (the model, its preprocessing and all predictions).
+
+    In the CSV, a path, class name or error that a spreadsheet would run as a formula (it
+    begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a single
+    quote in front (:func:`sknet._files.csv_cell`); JSON and JSONL hold the names unchanged."""
     if suffix == ".jsonl":
         return "".join(json.dumps(r.to_dict()) + "\n" for r in results)
     if suffix == ".json":
@@ -279,6 +302,8 @@ def format_results(results: list[Any], suffix: str, record: Any, topk: int) -> s
         return json.dumps(doc, indent=2) + "\n"
     if suffix != ".csv":
         raise ValueError(f"unknown output format {suffix!r}; expected one of {OUT_SUFFIXES}")
+    from sknet._files import csv_cell
+
     k = min(topk, record.num_classes)
     att_cols = _attention_columns(results)
     buf = io.StringIO()
@@ -286,16 +311,16 @@ def format_results(results: list[Any], suffix: str, record: Any, topk: int) -> s
     head = ["path", "status"]
     for i in range(1, k + 1):
         head += [f"label_{i}", f"score_{i}"]
-    head += ["error", *(f"{u} {b}" for u, b in att_cols)]
+    head += ["error", *(csv_cell(f"{u} {b}") for u, b in att_cols)]
     w.writerow(head)
-    for r in results:
-        row: list[Any] = [r.path, "ok" if r.ok else "error"]
+    for r in results:  # names (files, classes, errors) are escaped; the numbers are not
+        row: list[Any] = [csv_cell(r.path), "ok" if r.ok else "error"]
         for i in range(k):
             if i < len(r.labels):
-                row += [r.labels[i], f"{r.scores[i]:.6f}"]
+                row += [csv_cell(r.labels[i]), f"{r.scores[i]:.6f}"]
             else:
                 row += ["", ""]
-        row.append(r.error or "")
+        row.append(csv_cell(r.error or ""))
         for u, b in att_cols:
             v = (r.attention or {}).get(u, {}).get(b)
             row.append("" if v is None else f"{v:.6f}")

@@ -170,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         print(preset_path(args.print_preset).read_text(encoding="utf-8"), end="")
         return 0
 
+    from sknet._files import check_out_arg
+
+    check_out_arg(args.out, "--out")  # '' is an error, not "a new folder under ./runs"
+    check_out_arg(args.resume, "--resume")
     cfg = _config(args)
     if args.show_config:
         print(_resolved(cfg).to_toml(), end="")
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-    elif args.out:
+    elif args.out is not None:
         run_dir = Path(args.out)
     else:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:

@@ -6,8 +6,9 @@
   with :class:`torchvision.datasets.ImageFolder`; corrupt images are logged, recorded and (in
   training) replaced by the next readable sample instead of killing a long run (up to
   ``max_bad`` of them). In evaluation they are marked with label -1 and not counted.
-* :func:`load_image` reads any image PIL can open as 8-bit RGB, scaling 16- and 32-bit
-  grayscale correctly (PIL's own ``convert("RGB")`` clips them to white).
+* :func:`load_image` reads any image PIL can open as 8-bit RGB, upright (EXIF orientation
+  applied), scaling 16- and 32-bit grayscale correctly (PIL's own ``convert("RGB")`` clips
+  them to white); it is the one image reader of predict, evaluation and training.
 * :func:`align_classes` matches the classes of a split to a reference list *by name*.
 """
 
@@ -17,6 +18,7 @@ import logging
 import os
 import pickle
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,16 +29,18 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from sknet.errors import ConfigError
+from sknet.errors import ConfigError, FileFormatError
 
 __all__ = [
     "CIFAR_SPECS",
     "CIFARDataset",
+    "CorruptImageError",
     "RobustImageFolder",
     "align_classes",
     "build_cifar",
     "build_imagefolder",
     "load_image",
+    "to_rgb",
 ]
 
 logger = logging.getLogger("sknet.data")
@@ -274,14 +278,61 @@ def build_cifar(
 # --------------------------------------------------------------------------------------------
 
 
-def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() <= 65535):
-        # 16-bit (PNG/TIFF): full range 0..65535 -> 0..255.
-        return (arr.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
-    if mode == "I":
+#: Formats whose integer samples have at most 16 bits: an ``I`` image read from them is 16-bit
+#: (older Pillow reads 16-bit PNG as ``I``; PGM/PPM with a maximum value over 255 is ``I``,
+#: already scaled by PIL to 0..65535).
+_16BIT_FORMATS = frozenset({"PNG", "PPM"})
+
+#: EXIF tag of the orientation (1: as stored ... 8: rotated 90 degrees clockwise to store it).
+_EXIF_ORIENTATION = 0x0112
+
+
+class CorruptImageError(FileFormatError):
+    """An image file that PIL recognises but cannot decode: corrupt, truncated or hostile.
+
+    ``reason`` is the decoder's complaint (one line); ``str(exc)`` names the file too.
+    """
+
+    def __init__(self, path: PathLike | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: corrupt or truncated image file ({reason})")
+
+
+def _integer_bits(img: Image.Image) -> int:
+    """16 or 32: how many bits the integer (``I*``) samples of ``img`` really have."""
+    if img.mode.startswith("I;16"):
+        return 16
+    fmt = (img.format or "").upper()
+    if fmt in _16BIT_FORMATS:
+        return 16
+    if fmt == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258)  # BitsPerSample
+        values = bits if isinstance(bits, tuple) else (bits,)
+        if values and all(isinstance(b, int) and b <= 16 for b in values):
+            return 16
+    return 32
+
+
+def _to_uint8(arr: np.ndarray, mode: str, bits: int = 32) -> np.ndarray:
+    """Grayscale samples of a 16-bit, 32-bit integer or float image as 8 bits.
+
+    * 16-bit integers: the format's full range 0..65535 -> 0..255 (``x / 257``), as viewers
+      show them.
+    * 32-bit integers: the image's own range min..max -> 0..255 (a constant image becomes
+      0). A 32-bit image has no conventional white: dividing by 2**32-1 would turn every image
+      black, and treating values under 65536 as 16-bit merged neighbouring values (100 and 110
+      both became 0).
+    * floats: [0, 1] -> 0..255; other values are refused (their scale is unknown).
+    """
+    if mode.startswith("I"):
+        if not arr.size:
+            raise ValueError("empty image")
+        if bits <= 16 and arr.min() >= 0 and arr.max() <= 65535:
+            return (arr.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        return ((arr.astype(np.float64) - lo) * scale).round().astype(np.uint8)
+        return ((arr.astype(np.float64) - lo) * scale).round().clip(0, 255).astype(np.uint8)
     if mode == "F":
         if arr.size and np.nanmin(arr) >= 0.0 and np.nanmax(arr) <= 1.0:
             return (np.nan_to_num(arr) * 255.0).round().astype(np.uint8)
@@ -291,29 +342,102 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unsupported image mode {mode!r}")
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Open an image file as 8-bit RGB.
+def _orient(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (as photo viewers and torchvision's
+    ``decode_image(..., apply_exif_orientation=True)`` show it); ``img`` itself when it has no
+    orientation, or an EXIF block too broken to read (logged: the pixels are still good)."""
+    from PIL import ImageOps
 
-    8-bit images are converted by PIL as usual (palette and RGBA flattened, grayscale repeated
-    over the three channels). 16-bit grayscale (``I;16``, ``I``) is scaled from its full range
-    0..65535 to 0..255, and float images in [0, 1] to 0..255; PIL's ``convert("RGB")`` would
-    clip such images to pure white. Raises ``OSError``/``ValueError`` for unreadable files.
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in (None, 1):
+            return img
+        turned = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a corrupt EXIF block must not make a readable image unreadable
+        logger.warning(
+            "ignoring the unreadable EXIF orientation of %s (%s: %s)",
+            getattr(img, "filename", None) or "an image",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        return img
+    return turned if turned is not None else img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, turned upright: the conversion :func:`load_image` applies.
+
+    The EXIF orientation is applied first (a phone photo stored sideways comes out as viewers
+    show it). 8-bit images are converted by PIL as usual (palette and RGBA flattened, grayscale
+    repeated over the three channels). Integer and float grayscale is scaled as
+    :func:`_to_uint8` says: 16-bit from 0..65535, 32-bit from the image's own min..max, float
+    from [0, 1]; PIL's ``convert("RGB")`` would clip such images to pure white.
     """
-    with Image.open(path) as img:
-        img.load()
-        mode = img.mode
-        if mode in ("RGB",):
-            return img.copy()
-        if mode.startswith("I") or mode == "F":
-            if getattr(img, "n_frames", 1) < 1:  # pragma: no cover - defensive
-                raise ValueError("empty image")
-            gray = _to_uint8(np.asarray(img), mode)
-            if gray.ndim != 2:
-                raise ValueError(f"unsupported {mode} image with shape {gray.shape}")
-            return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
-        if mode == "P" and "transparency" in img.info:
-            return img.convert("RGBA").convert("RGB")
-        return img.convert("RGB")
+    mode = img.mode
+    bits = _integer_bits(img) if mode.startswith("I") else 32
+    img = _orient(img)
+    if mode == "RGB":
+        return img
+    if mode.startswith("I") or mode == "F":
+        gray = _to_uint8(np.asarray(img), mode, bits)
+        if gray.ndim != 2:
+            raise ValueError(f"unsupported {mode} image with shape {gray.shape}")
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
+    if mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright: the one image reader of predict, evaluation,
+    training and analysis.
+
+    The EXIF orientation is applied and the pixels converted as :func:`to_rgb` says (16-bit
+    grayscale from 0..65535, 32-bit integer grayscale from its own min..max, float from [0, 1]).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read.
+        PIL.UnidentifiedImageError: not an image PIL knows (an ``OSError``).
+        FileFormatError: an image over twice PIL's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``: about 179M pixels, refused before decoding);
+            :class:`CorruptImageError` (a subclass) for a file PIL recognises but cannot decode.
+
+    What PIL only warns about (an image over ``MAX_IMAGE_PIXELS``, a corrupt EXIF block) is
+    logged as one line on the ``sknet.data`` logger, and the image is returned.
+    """
+    from PIL import UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Image.open(path) as img:
+                img.load()
+                out = to_rgb(img)
+                if out is img:
+                    out = img.copy()
+    except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise FileFormatError(
+            f"{path}: {_first_line(exc)} (refused: PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except FileFormatError:
+        raise
+    except MemoryError:
+        raise CorruptImageError(path, "too large to decode in memory") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
+        raise CorruptImageError(path, _first_line(exc)) from exc
+    # "Corrupt EXIF data", a large image: one log line each, not a warning with its source line
+    for w in caught:
+        loud = issubclass(w.category, (UserWarning, RuntimeWarning))
+        level = logging.WARNING if loud else logging.DEBUG
+        logger.log(level, "%s: %s", path, _first_line(w.message))
+    return out
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def align_classes(dataset: Any, classes: list[str] | tuple[str, ...], where: str) -> None:

@@ -166,6 +166,8 @@ def evaluate_source(
 ) -> dict[str, Any]:
     """Single-centre-crop top-1/top-5 error of a trained model at one or more sizes.
 
+    ``sizes`` are checked before any work: each in ``[model.min_input_size,``
+    :data:`sknet._limits.MAX_IMAGE_SIDE` ``]`` (else :class:`~sknet.errors.ConfigError`).
     ``data``/``data_dir`` default to the run's own; for synthetic data the run's val split
     (same seed, sample count and object-scale range) is used. ``threads`` > 0 sets torch's CPU
     threads for the call (restored after).
@@ -199,11 +201,14 @@ def _evaluate_source(
     amp: str,
     progress: bool,
 ) -> dict[str, Any]:
+    from sknet._limits import check_image_side
     from sknet.data import eval_resize_size
     from sknet.loading import load
     from sknet.train.distributed import resolve_device
     from sknet.train.pipeline import eval_loader
 
+    if sizes is not None:  # before loading anything: a huge size would ask for tens of GiB
+        sizes = [check_image_side(s, "sizes", config=True) for s in sizes]
     model, record = load(source)
     info = record.info()
     data, data_dir, same_data = _eval_data(source, record, data, data_dir)
@@ -212,8 +217,9 @@ def _evaluate_source(
         sizes = default_eval_sizes(data, native)
     for s in sizes:
         if s < getattr(model, "min_input_size", 1):
-            raise ValueError(
-                f"size {s} is smaller than the model's minimum input {model.min_input_size}"
+            raise ConfigError(
+                f"evaluation size {s} is smaller than the model's minimum input "
+                f"{model.min_input_size} (its total stride)"
             )
     dev = resolve_device(device)
     model.to(dev)

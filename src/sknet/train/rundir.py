@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sknet._files import RunLock, atomic_write_text
+from sknet._files import RunLock, atomic_write_text, path_error
 from sknet.errors import ConfigError, RunDirError
 from sknet.train.config import TrainConfig
 
@@ -192,36 +192,48 @@ def remove_failed_start(run_dir: Path, existed: bool) -> None:
 
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Write ``config.toml`` with exclusive creation: two runs never share a directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.toml"
     try:
-        with open(run_dir / "config.toml", "x", encoding="utf-8") as fh:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as fh:
             fh.write(cfg.to_toml())
     except FileExistsError:
         raise ValueError(
             f"{run_dir} was taken by another run meanwhile; choose another --out"
         ) from None
+    except OSError as exc:  # a full disk, a read-only folder: name the file, say why
+        path.unlink(missing_ok=True)
+        raise path_error(exc, path) from exc
 
 
 def prepare_csv(run_dir: Path, rows: int) -> None:
     """Create metrics.csv, or cut it back to the ``rows`` epochs the checkpoint knows."""
     path = run_dir / "metrics.csv"
     kept: list[list[str]] = []
-    if rows and path.is_file():
-        with open(path, newline="", encoding="utf-8") as fh:
-            kept = list(csv.reader(fh))[1 : rows + 1]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(CSV_FIELDS)
-        w.writerows(kept)
+    try:
+        if rows and path.is_file():
+            with open(path, newline="", encoding="utf-8") as fh:
+                kept = list(csv.reader(fh))[1 : rows + 1]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)  # numbers only (see CSV_FIELDS): nothing to escape
+            w.writerow(CSV_FIELDS)
+            w.writerows(kept)
+    except OSError as exc:
+        raise path_error(exc, path) from exc
 
 
 def append_csv(run_dir: Path, row: dict[str, Any]) -> None:
-    """Append one epoch's row and fsync it (a kill right after still keeps it)."""
-    with open(run_dir / "metrics.csv", "a", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one epoch's row and fsync it (a kill right after still keeps it). A full disk is
+    an ``OSError`` naming the file ("No space left on device")."""
+    path = run_dir / "metrics.csv"
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise path_error(exc, path) from exc
 
 
 def pct(v: Any) -> str:
