@@ -363,8 +363,7 @@ def _read(
     """
     from PIL import Image, UnidentifiedImageError
 
-    from sknet.data import load_image
-    from sknet.data.real import CorruptImageError, to_rgb
+    from sknet.data import CorruptImageError, load_image, to_rgb
     from sknet.errors import FileFormatError
 
     if isinstance(item, Image.Image):
@@ -637,8 +636,7 @@ def save_explanation(
     from PIL import Image as PILImage
 
     from sknet._files import atomic_save
-    from sknet.data import load_image
-    from sknet.data.real import to_rgb
+    from sknet.data import load_image, to_rgb
 
     if not prediction.ok or not prediction.attention:
         raise ValueError(

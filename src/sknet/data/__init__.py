@@ -19,12 +19,14 @@ from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE
 from .real import (
     CIFAR_SPECS,
     CIFARDataset,
+    CorruptImageError,
     PathLike,
     RobustImageFolder,
     align_classes,
     build_cifar,
     build_imagefolder,
     load_image,
+    to_rgb,
 )
 from .synthetic import SHAPE_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from .transforms import (
@@ -56,6 +58,7 @@ __all__ = [
     "SYNTHETIC_STD",
     "TRANSFORM_KINDS",
     "CIFARDataset",
+    "CorruptImageError",
     "RobustImageFolder",
     "SyntheticShapes",
     "align_classes",
@@ -66,6 +69,7 @@ __all__ = [
     "eval_transform",
     "load_image",
     "normalization",
+    "to_rgb",
     "train_transform",
 ]
 
