@@ -88,6 +88,17 @@ def check_param_count(n: int, where: object) -> None:
         )
 
 
+def _show(value: Any) -> str:
+    """``value`` for an error message: at most 40 characters; an integer too long for ``str``
+    (Python refuses over 4300 digits) is described by its size."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit integer"
+    try:
+        return repr(value)[:40] if isinstance(value, str) else str(value)[:40]
+    except ValueError:
+        return type(value).__name__
+
+
 def bounded_int(
     value: Any,
     name: str,
@@ -103,13 +114,15 @@ def bounded_int(
     """
     prefix = f"{where}: " if where is not None else ""
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise error(f"{prefix}{name} = {value!r} is not an integer")
+        raise error(f"{prefix}{name} = {_show(value)} is not an integer")
+    if isinstance(value, str) and len(value.strip()) > 40:
+        raise error(f"{prefix}{name} = {_show(value)}... is not a sane integer")
     try:
         as_int = int(value)
     except (TypeError, ValueError, OverflowError):
-        raise error(f"{prefix}{name} = {str(value)[:40]!r} is not an integer") from None
+        raise error(f"{prefix}{name} = {_show(value)} is not an integer") from None
     if not lo <= as_int <= hi:
-        raise error(f"{prefix}{name} = {str(as_int)[:40]} is outside [{lo}, {hi}]")
+        raise error(f"{prefix}{name} = {_show(as_int)} is outside [{lo}, {hi}]")
     return as_int
 
 
@@ -166,6 +179,11 @@ def parse_json(text: str, key: str, where: object) -> Any:
         raise FileFormatError(
             f"{where}: metadata {key!r} is nested too deeply; the file is corrupt or hostile"
         ) from None
+    except ValueError as exc:  # an integer over Python's 4300-digit conversion limit
+        raise FileFormatError(
+            f"{where}: metadata {key!r} cannot be read ({str(exc)[:80]}); the file is corrupt "
+            "or hostile"
+        ) from None
     if json_depth(value) > MAX_JSON_DEPTH:
         raise FileFormatError(
             f"{where}: metadata {key!r} is nested deeper than {MAX_JSON_DEPTH} levels; the file "
@@ -212,8 +230,9 @@ def check_arch(value: Any, key: str, where: object) -> dict[str, Any]:
             return
         if isinstance(v, int):
             if not 0 <= v <= MAX_ARCH_INT:
+                shown = str(v)[:40] if v.bit_length() <= 64 else f"a {v.bit_length()}-bit integer"
                 raise FileFormatError(
-                    f"{where}: {key} field {name} = {str(v)[:40]} is outside [0, {MAX_ARCH_INT}]; "
+                    f"{where}: {key} field {name} = {shown} is outside [0, {MAX_ARCH_INT}]; "
                     "the file is corrupt or hostile"
                 )
         elif isinstance(v, float):

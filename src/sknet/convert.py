@@ -141,11 +141,26 @@ def guess_torchvision_model(state_dict: Mapping[str, torch.Tensor]) -> str:
 def _map_checked(
     state_dict: Mapping[str, torch.Tensor], name: str, source: str
 ) -> tuple[dict[str, torch.Tensor], SKNetModel]:
-    """The mapped state dict and the (randomly initialised) sknet model it fits exactly."""
+    """The mapped state dict and the (randomly initialised) sknet model it fits exactly.
+
+    The model is first built on the ``meta`` device (no memory) with the classifier width of
+    ``fc.weight`` (at most ``MAX_CLASSES``): its size is checked (``SKNET_MAX_PARAMS``), and every
+    key, shape and dtype kind (floating weights only) must fit before it is allocated.
+    """
+    from sknet import _limits
+    from sknet.errors import FileFormatError
+    from sknet.loading import check_state_dtypes
+
     get_entry(name)
-    num_classes = int(state_dict["fc.weight"].shape[0]) if "fc.weight" in state_dict else 1000
-    model = create_model(name, num_classes=num_classes)
-    target = model.state_dict()
+    fc = state_dict.get("fc.weight")
+    num_classes = int(fc.shape[0]) if fc is not None and fc.ndim else 1000
+    num_classes = _limits.bounded_int(
+        num_classes, f"{source} classifier width (fc.weight)", lo=0, hi=_limits.MAX_CLASSES
+    )
+    with torch.device("meta"):
+        meta = create_model(name, num_classes=num_classes)
+    _limits.check_param_count(sum(p.numel() for p in meta.parameters()), f"{source} {name}")
+    target = meta.state_dict()
     out = {_map_key(k): v for k, v in state_dict.items()}
     missing = sorted(set(target) - set(out))
     unexpected = sorted(set(out) - set(target))
@@ -153,10 +168,14 @@ def _map_checked(
     if missing or unexpected or bad:
         raise ValueError(
             f"{source} state dict does not fit {name}: {len(missing)} missing (e.g. "
-            f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad)} "
-            f"with other shapes (e.g. {bad[:3]})"
+            f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {[u[:60] for u in unexpected[:3]]}"
+            f"), {len(bad)} with other shapes (e.g. {bad[:3]})"
         )
-    return out, model
+    try:
+        check_state_dtypes(target, out, f"{source} state dict")
+    except FileFormatError as exc:
+        raise ValueError(str(exc)) from None
+    return out, create_model(name, num_classes=num_classes)
 
 
 def from_timm(
@@ -204,8 +223,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict of tensors safely: ``.safetensors``, or a torch file through
     ``torch.load(weights_only=True)`` (a checkpoint's ``"state_dict"`` entry is unwrapped).
 
+    Bounded: a zip-format torch file is checked first (nothing compressed, sizes within the
+    file) and memory-mapped, and its tensors may not describe more bytes than the file has
+    (:func:`sknet.loading.read_torch_file`); floating tensors must be finite.
+
     Raises ``FileNotFoundError`` or ``ValueError`` naming the file.
     """
+    from sknet.errors import SKNetError
+    from sknet.loading import check_state_finite, read_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -213,17 +239,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            obj: object = load_file(str(path))
         except Exception as exc:
             raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch state dict: {exc}") from exc
+    else:
+        try:
+            obj = read_torch_file(path)
+        except SKNetError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
+            raise ValueError(f"{path} is not a readable torch state dict: {first}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
         raise ValueError(f"{path} does not hold a state dict of tensors")
+    check_state_finite(obj, path)
     return obj
 
 

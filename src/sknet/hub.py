@@ -14,7 +14,9 @@ the file's tensors onto sknet's layout, and the accuracy its publisher reports
   Hub repos through ``huggingface_hub.hf_hub_download`` (``HF_HOME``, ``HF_HUB_CACHE``,
   ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the token are honoured, read at call time), plain URLs
   through ``torch.hub.download_url_to_file`` into ``torch.hub.get_dir()/checkpoints``
-  (``TORCH_HOME``). A cached file is returned without any request. A fresh download is checked
+  (``TORCH_HOME``). A cached file is returned without any request, after its sha256 is checked
+  again (every cache hit: a file changed after its download raises :class:`ChecksumError`
+  naming it; delete it to download it afresh). A fresh download is checked
   against the entry's sha256 (for a Hub file without a recorded sha256, against the sha256 that
   the Hub publishes as the file's LFS id); a mismatch deletes the file and raises
   :class:`ChecksumError`. No network, ``HF_HUB_OFFLINE=1`` (which stops plain-URL downloads too),
@@ -48,6 +50,7 @@ from typing import Any, Literal
 
 import torch
 
+from sknet import _limits
 from sknet.errors import FileFormatError, SKNetError
 
 __all__ = [
@@ -86,7 +89,8 @@ class WeightsUnavailableError(SKNetError, OSError):
 
 
 class ChecksumError(SKNetError, ValueError):
-    """A downloaded file whose sha256 is not the expected one; the file has been deleted."""
+    """A downloaded or cached file whose sha256 is not the published one: a fresh download has
+    been deleted; a cached file is kept and the message says to delete it."""
 
 
 @dataclass(frozen=True)
@@ -680,6 +684,24 @@ def _check(
     )
 
 
+def _verify_cached(cfg: PretrainedCfg, path: Path, expected: str | None) -> None:
+    """Re-verify a cached file against its published sha256 on every cache hit: a file
+    changed or replaced after its download is refused (and kept, for inspection)."""
+    if expected is None:
+        return
+    digest = _sha256(path)
+    if digest.startswith(expected.lower()):
+        return
+    real = path.resolve()
+    also = f" (a link to {real})" if real != path else ""
+    raise ChecksumError(
+        f"{cfg.name}: the cached file {path}{also} has sha256 {digest[:16]}..., but "
+        f"{cfg.location} publishes {expected[:16]}...: it was changed or replaced after the "
+        "download; delete it and run again to download it afresh, or pass a trusted copy as "
+        "checkpoint_path=<file>"
+    )
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """OSError (urllib, requests, most huggingface_hub errors) and the HTTP client's base error
     when it is not an OSError (httpx / httpx2, used by huggingface_hub >= 1.0)."""
@@ -722,10 +744,13 @@ def _fetch_hub(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
 
         kwargs["tqdm_class"] = _Silent
     where = kwargs["cache_dir"] or "the Hugging Face cache"
-    try:  # a cached file: no request at all
-        return Path(hf_hub_download(**kwargs, local_files_only=True))
+    try:  # a cached file: no request at all, but its sha256 is checked again
+        cached = Path(hf_hub_download(**kwargs, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
+    else:
+        _verify_cached(cfg, cached, _hub_expected(cfg, cached))
+        return cached
     if _offline():
         raise _unavailable(cfg, "offline (HF_HUB_OFFLINE is set) and not in the cache", where)
     try:
@@ -734,18 +759,25 @@ def _fetch_hub(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _unavailable(cfg, f"{type(exc).__name__}: {reason}", where) from exc
     blob = path.resolve()
-    expected = cfg.sha256
-    if expected is None and re.fullmatch(r"[0-9a-f]{64}", blob.name):
-        expected = blob.name  # the Hub names LFS blobs by their sha256
-    _check(cfg, path, expected, extra=(blob,) if blob != path else ())
+    _check(cfg, path, _hub_expected(cfg, path), extra=(blob,) if blob != path else ())
     return path
+
+
+def _hub_expected(cfg: PretrainedCfg, path: Path) -> str | None:
+    """The sha256 a Hub file must have: the entry's, else the one the Hub published as its LFS
+    id (the Hub cache names blobs by it)."""
+    if cfg.sha256 is not None:
+        return cfg.sha256
+    blob = path.resolve()
+    return blob.name if re.fullmatch(r"[0-9a-f]{64}", blob.name) else None
 
 
 def _fetch_url(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Path:
     assert cfg.url is not None
     folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
     dst = folder / cfg.file_name
-    if dst.is_file():
+    if dst.is_file():  # a cache hit: no request, but its sha256 is checked again
+        _verify_cached(cfg, dst, cfg.sha256)
         return dst
     if _offline():
         raise _unavailable(cfg, "offline (HF_HUB_OFFLINE is set) and not in the cache", dst)
@@ -773,7 +805,10 @@ def fetch_pretrained(
     Raises:
         WeightsUnavailableError: offline, unreachable, not found, or no direct download (the
             official Caffe files): the message says how to place the file by hand.
-        ChecksumError: the downloaded file does not have the expected sha256 (it is deleted).
+        ChecksumError: the downloaded file does not have the expected sha256 (it is deleted),
+            or the cached file no longer has it (it is kept; the message says to delete it).
+            A file is checked against the entry's sha256, or for a Hub file without one
+            against the sha256 the Hub publishes as its LFS id, on every call.
     """
     cfg = get_pretrained_cfg(name_or_tag)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
@@ -808,6 +843,16 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file, read safely and bounded.
+
+    safetensors (the header is validated against the file's size by safetensors), or
+    ``torch.load(weights_only=True)`` of a checked, memory-mapped zip (see
+    :func:`sknet.loading.read_torch_file`: nothing inflates, tensors may not describe more bytes
+    than the file has). Only name -> tensor entries; floating tensors must be finite (checked
+    against a model's dtypes later, when one is built).
+    """
+    from sknet import loading
+
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix.lower() == ".caffemodel":
@@ -820,17 +865,21 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path), device="cpu"))
+            obj: Any = dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise FileFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (not a zip), EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(
-            f"{path} cannot be read safely as weights (safetensors, or a torch file of tensors "
-            f"loadable with weights_only=True; arbitrary pickled objects are refused): {first}"
-        ) from exc
+    else:
+        is_zip = loading._check_torch_zip(path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except Exception as exc:  # UnpicklingError, RuntimeError (not a zip), EOFError, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileFormatError(
+                f"{path} cannot be read safely as weights (safetensors, or a torch file of "
+                "tensors loadable with weights_only=True; arbitrary pickled objects are "
+                f"refused): {first[:200]}"
+            ) from exc
+        loading.check_tensor_bytes(obj, path)
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -839,7 +888,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         raise FileFormatError(f"{path} does not hold a state dict (a mapping name -> tensor)")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise FileFormatError(f"{path}: entries that are not name -> tensor, e.g. {bad[:3]}")
+        shown = [str(k)[:60] for k in bad[:3]]
+        raise FileFormatError(f"{path}: entries that are not name -> tensor, e.g. {shown}")
+    loading.check_state_finite(obj, path)
     return dict(obj)
 
 
@@ -916,7 +967,10 @@ def _model_from_state(cfg: PretrainedCfg, path: Path) -> tuple[torch.nn.Module, 
     """The sknet model of a state-dict file and the layout it was converted from.
 
     The layout is ``"sknet"`` when the file already has sknet's layout (loaded as is, with the
-    classifier width the file holds), else the entry's converter (timm or torchvision).
+    classifier width the file holds, at most ``MAX_CLASSES``), else the entry's converter (timm
+    or torchvision). Before the model is allocated it is built on the ``meta`` device: its size
+    is checked (``SKNET_MAX_PARAMS``) and the file's tensors must fit it in names, shapes and
+    dtype kinds (floating weights only); they are finite (:func:`_read_state`).
     """
     from sknet import loading
     from sknet.models import create_model
@@ -938,9 +992,16 @@ def _model_from_state(cfg: PretrainedCfg, path: Path) -> tuple[torch.nn.Module, 
 
             return load_torchvision(state, cfg.model), layout
         fc = state.get("head.fc.weight")
-        width = int(fc.shape[0]) if fc is not None else 0
+        width = int(fc.shape[0]) if fc is not None and fc.ndim else 0
+        width = _limits.bounded_int(
+            width, "classifier width (head.fc.weight)", lo=0, hi=_limits.MAX_CLASSES, where=path
+        )
+        with torch.device("meta"):  # sized and compared first: nothing allocated
+            meta = create_model(cfg.model, num_classes=width, **cfg.overrides)
+        _limits.check_param_count(sum(p.numel() for p in meta.parameters()), path)
+        loading.check_state_fits(meta, state, path)
+        loading.check_state_dtypes(meta.state_dict(), state, path)
         model = create_model(cfg.model, num_classes=width, **cfg.overrides)
-        loading.check_state_fits(model, state, path)
         model.load_state_dict(state, strict=True)
         return model, layout
     except FileFormatError:
@@ -949,8 +1010,13 @@ def _model_from_state(cfg: PretrainedCfg, path: Path) -> tuple[torch.nn.Module, 
         raise FileFormatError(f"{path}: {exc}") from None
 
 
-def _pretrained_record(cfg: PretrainedCfg, model: torch.nn.Module, path: Path, layout: str) -> Any:
+def _pretrained_record(
+    cfg: PretrainedCfg, model: torch.nn.Module, path: Path, layout: str, verified: bool = False
+) -> Any:
     """The ``loading.ModelRecord`` of ``model`` loaded from ``path``: config, classes, provenance.
+
+    ``verified``: the file was fetched and checked against the published sha256 (provenance
+    ``sha256_verified``; False for a ``checkpoint_path``, which is not checked).
 
     Class names (and ImageNet synset ids) are set only when the model keeps the weights' number
     of classes.
@@ -980,6 +1046,7 @@ def _pretrained_record(cfg: PretrainedCfg, model: torch.nn.Module, path: Path, l
             "location": cfg.location,
             "file": str(path),
             "sha256": cfg.sha256,
+            "sha256_verified": verified and cfg.sha256 is not None,
             "converted_from": layout,
             "class_list": cfg.classes,  # imagenet-1k: hub.imagenet_classes() has the synsets
             "preprocess_confirmed": cfg.preprocess.confirmed,
@@ -1019,7 +1086,7 @@ def load_pretrained(
         model, layout = _model_from_caffe(cfg, path), "caffe"
     else:
         model, layout = _model_from_state(cfg, path)
-    record = _pretrained_record(cfg, model, path, layout)
+    record = _pretrained_record(cfg, model, path, layout, verified=checkpoint_path is None)
     model.model_overrides = cfg.overrides  # type: ignore[assignment]
     model.class_names = record.classes  # type: ignore[assignment]
     if num_classes is not None and num_classes != record.num_classes:

@@ -16,6 +16,9 @@ model it came from. Metadata (all values are strings, JSON where structured):
   ``sknet_mean``/``sknet_std``.
 
 Files written before the full config existed (format 1: name and overrides only) keep loading.
+Files from strangers are checked before anything is allocated on their say-so (bounded metadata,
+the model sized on the ``meta`` device against the header, floating and finite tensors only):
+see :mod:`sknet.loading` and :mod:`sknet._limits`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ def test_param_count_over_the_limit_names_the_file_and_the_way_out(
 
 
 @pytest.mark.parametrize(
-    "value", [0, -3, 2**70, "12x", 1.5, True, None, [3], "99999999999999999999"]
+    "value",
+    [0, -3, 2**70, 10**5000, "9" * 5000, "12x", 1.5, True, None, [3], "99999999999999999999"],
+    ids=lambda v: type(v).__name__,
 )
 def test_bounded_int_refuses_what_is_not_a_sane_int(value: object) -> None:
     with pytest.raises(FileFormatError, match="num_classes"):
@@ -56,6 +58,8 @@ def test_json_depth_and_deeply_nested_metadata() -> None:
         _limits.parse_json("[" * 40 + "]" * 40, "sknet_arch", "f")
     with pytest.raises(FileFormatError, match="not valid JSON"):
         _limits.parse_json("{", "sknet_arch", "f")
+    with pytest.raises(FileFormatError, match="'num_classes' cannot be read"):
+        _limits.parse_json("9" * 5000, "num_classes", "f")
 
 
 @pytest.mark.parametrize("size", ["99999999999999999999", "0", "-5", "1048577"])

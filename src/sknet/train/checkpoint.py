@@ -82,13 +82,22 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_save(lambda tmp: torch.save(payload, tmp), path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` on the CPU (``weights_only=True``)."""
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` on the CPU (``weights_only=True``).
+
+    Before anything is read, the zip directory is checked (entries stored uncompressed, their
+    sizes within the file's: nothing can inflate); after, the tensors may not describe more
+    bytes than the file holds (no broadcast views of huge size). ``mmap=True`` maps the tensors
+    from the file instead of reading them (copy-on-write; for loading a model once).
+    """
+    from sknet.loading import _check_torch_zip, check_tensor_bytes
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    is_zip = _check_torch_zip(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except Exception:  # pickle / zip errors of truncated, foreign or malicious files
         # torch's own message suggests weights_only=False, i.e. running the file's code: the
         # one thing never to do with a file that fails the safe load.
@@ -96,9 +105,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is not an sknet checkpoint (corrupt, truncated or unsafe to load); it was "
             "refused without running any of its content"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    check_tensor_bytes(state, path)
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if not isinstance(fmt, str) or fmt != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{path} is not an sknet training checkpoint")
-    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+    version = state.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FileFormatError(f"{path}: checkpoint version {str(version)[:40]!r} is not an integer")
+    if version > CHECKPOINT_VERSION:
         raise FileFormatError(
             f"{path} was written by a newer sknet (checkpoint version {state['version']})"
         )
