@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 
 from sknet import _limits
-from sknet.errors import FileFormatError, SKNetError
+from sknet.errors import ChecksumError, FileFormatError, WeightsUnavailableError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -79,18 +79,6 @@ CONVERTERS: tuple[str, ...] = ("timm", "torchvision", "caffe", "sknet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SHA_RE = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-class WeightsUnavailableError(SKNetError, OSError):
-    """A weights file that cannot be had: offline, unreachable, missing, or no direct download.
-
-    The message names the file, its source and how to place it by hand (``checkpoint_path=``).
-    """
-
-
-class ChecksumError(SKNetError, ValueError):
-    """A downloaded or cached file whose sha256 is not the published one: a fresh download has
-    been deleted; a cached file is kept and the message says to delete it."""
 
 
 @dataclass(frozen=True)

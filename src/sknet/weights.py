@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from sknet._files import atomic_save
-from sknet._util import jsonable
+from sknet._json import jsonable
 from sknet.errors import ConfigError
 
 __all__ = [

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sknet._util import jsonable
+from sknet._json import jsonable
 
 __all__ = [
     "EXPERIMENTS",

@@ -16,7 +16,6 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from sknet._util import DEFAULT_SCALE_RANGE
 from sknet.analysis.attention import (
     AttentionResult,
     PhotoZoomSet,
@@ -29,6 +28,7 @@ from sknet.analysis.attention import (
 )
 from sknet.analysis.plots import plot_all
 from sknet.analysis.report import paper_pattern, write_report
+from sknet.data import DEFAULT_SCALE_RANGE
 
 __all__ = ["DEFAULT_ZOOMS", "Views", "build_views", "run_analysis"]
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sknet._util import autocast, resolve_device
+from sknet._device import autocast, resolve_device
 
 __all__ = [
     "DEFAULT_GROUPS",

@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 
-from sknet._util import DATA_NAMES
+__all__ = ["AMP_CHOICES", "DEVICE_HELP", "HelpFormatter", "examples"]
 
-__all__ = ["AMP_CHOICES", "DATA_CHOICES", "DEVICE_HELP", "HelpFormatter", "examples"]
-
-DATA_CHOICES = DATA_NAMES
 AMP_CHOICES = ("none", "bf16", "fp16")
 DEVICE_HELP = "auto (the GPU if there is one), cpu, cuda or cuda:N"
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sknet.cli import DATA_CHOICES
+from sknet.data import DATASET_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training seeds; one run per row and seed (default 0)",
     )
     p.add_argument(
-        "--data", default=None, choices=DATA_CHOICES, help="dataset (default: the preset's)"
+        "--data", default=None, choices=DATASET_NAMES, help="dataset (default: the preset's)"
     )
     p.add_argument("--data-dir", default=None, metavar="DIR", help="root folder of real data")
     p.add_argument(

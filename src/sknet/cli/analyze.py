@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sknet._util import DEFAULT_SCALE_RANGE
-from sknet.cli import DATA_CHOICES, DEVICE_HELP
+from sknet.cli import DEVICE_HELP
+from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--data",
-        choices=DATA_CHOICES,
+        choices=DATASET_NAMES,
         default=None,
         help="dataset (default: the one the run was trained on, else synthetic)",
     )

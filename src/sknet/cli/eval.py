@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sknet.cli import AMP_CHOICES, DATA_CHOICES, DEVICE_HELP, examples
+from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
+from sknet.data import DATASET_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run directory, checkpoint .pt, .safetensors, or published weights (sknet50.ra_in1k)",
     )
     p.add_argument(
-        "--data", default=None, choices=DATA_CHOICES, help="dataset (default: the run's)"
+        "--data", default=None, choices=DATASET_NAMES, help="dataset (default: the run's)"
     )
     p.add_argument("--data-dir", default=None, help="folder of the data (default: the run's)")
     p.add_argument(

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sknet.cli import AMP_CHOICES, DATA_CHOICES, DEVICE_HELP, HelpFormatter
+from sknet.cli import AMP_CHOICES, DEVICE_HELP, HelpFormatter
+from sknet.data import DATASET_NAMES
 
 # First-class flags: (flag, config key, type, help)
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run"
     )
-    choices = {"data": DATA_CHOICES, "amp": AMP_CHOICES}
+    choices = {"data": DATASET_NAMES, "amp": AMP_CHOICES}
     for flag, key, typ, help_ in _FLAGS:
         p.add_argument(
             flag,

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE
+from sknet.data.names import DATASET_NAMES, DEFAULT_SCALE_RANGE
 
 from .real import (
     CIFAR_SPECS,
@@ -73,8 +73,6 @@ __all__ = [
     "train_transform",
 ]
 
-#: Names accepted by :func:`build_dataset`.
-DATASET_NAMES: tuple[str, ...] = DATA_NAMES
 
 #: Sentinel for :func:`build_dataset`'s ``transform``: use the preset for the dataset and split.
 DEFAULT_TRANSFORM = "default"

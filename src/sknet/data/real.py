@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from sknet.errors import ConfigError, FileFormatError
+from sknet.errors import ConfigError, CorruptImageError, FileFormatError
 
 __all__ = [
     "CIFAR_SPECS",
@@ -285,18 +285,6 @@ _16BIT_FORMATS = frozenset({"PNG", "PPM"})
 
 #: EXIF tag of the orientation (1: as stored ... 8: rotated 90 degrees clockwise to store it).
 _EXIF_ORIENTATION = 0x0112
-
-
-class CorruptImageError(FileFormatError):
-    """An image file that PIL recognises but cannot decode: corrupt, truncated or hostile.
-
-    ``reason`` is the decoder's complaint (one line); ``str(exc)`` names the file too.
-    """
-
-    def __init__(self, path: PathLike | str, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: corrupt or truncated image file ({reason})")
 
 
 def _integer_bits(img: Image.Image) -> int:

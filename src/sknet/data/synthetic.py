@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sknet._util import DEFAULT_SCALE_RANGE
+from sknet.data.names import DEFAULT_SCALE_RANGE
 
 __all__ = [
     "SHAPE_CLASSES",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sknet._util import coerce_field
+from sknet._typecheck import coerce_field
 from sknet.errors import OverrideError
 from sknet.models._base import SKNetModel
 from sknet.models._features import FeatureNet

@@ -20,7 +20,6 @@ Modules: :mod:`~sknet.train.config` (``TrainConfig``, presets), :mod:`~sknet.tra
 from sknet.train.checkpoint import load_checkpoint, save_checkpoint
 from sknet.train.config import (
     AMP_MODES,
-    DATA_NAMES,
     OPTIMIZERS,
     SCHEDULES,
     TrainConfig,
@@ -43,7 +42,6 @@ from sknet.train.trainer import (
 
 __all__ = [
     "AMP_MODES",
-    "DATA_NAMES",
     "OPTIMIZERS",
     "RESUME_MUTABLE_KEYS",
     "SCHEDULES",

@@ -30,7 +30,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, coerce_field, jsonable
+from sknet._json import jsonable
+from sknet._typecheck import coerce_field
+from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError, OverrideError
 
 if sys.version_info >= (3, 11):
@@ -40,7 +42,6 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "AMP_MODES",
-    "DATA_NAMES",
     "OPTIMIZERS",
     "SCHEDULES",
     "TrainConfig",
@@ -60,7 +61,7 @@ SCHEDULES: tuple[str, ...] = ("step", "multistep", "cosine", "constant")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 #: ``amp`` values (autocast precision).
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
-#: ``data`` values: :data:`sknet._util.DATA_NAMES`.
+#: ``data`` values: :data:`sknet.data.DATASET_NAMES`.
 #: ``device`` values (``cuda:N`` is accepted too).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -189,8 +190,8 @@ class TrainConfig:
         _need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         _need(self.freeze_stages >= -1, f"freeze_stages must be >= -1, got {self.freeze_stages}")
         _need(
-            self.data in DATA_NAMES,
-            f"data must be one of {', '.join(DATA_NAMES)}, got {self.data!r}",
+            self.data in DATASET_NAMES,
+            f"data must be one of {', '.join(DATASET_NAMES)}, got {self.data!r}",
         )
         _need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
         _need(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")

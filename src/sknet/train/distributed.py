@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sknet._util import resolve_device
+from sknet._device import resolve_device
 
 __all__ = [
     "DistInfo",

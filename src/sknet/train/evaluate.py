@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from sknet._util import DATA_NAMES, DEFAULT_SCALE_RANGE, autocast
+from sknet._device import autocast
+from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError
 from sknet.train.distributed import DistInfo, all_reduce_sum
 
@@ -277,8 +278,8 @@ def _eval_data(
         raise ValueError(
             f"{source}: the weights do not say which data they were trained on; pass --data"
         )
-    if data not in DATA_NAMES:
-        raise ValueError(f"unknown data {data!r}; expected {', '.join(DATA_NAMES)}")
+    if data not in DATASET_NAMES:
+        raise ValueError(f"unknown data {data!r}; expected {', '.join(DATASET_NAMES)}")
     same_data = data == info.get("data")
     if data_dir is None and same_data:
         data_dir = info.get("data_dir") or cfg.get("data_dir") or None

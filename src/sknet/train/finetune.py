@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sknet._util import jsonable
+from sknet._json import jsonable
 from sknet.errors import ConfigError
 from sknet.train.checkpoint import weights_digest
 from sknet.train.config import TrainConfig

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sknet._util import DEFAULT_SCALE_RANGE
+from sknet.data import DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError
 from sknet.train.config import TrainConfig
 

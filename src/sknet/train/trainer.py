@@ -45,8 +45,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sknet._device import autocast
 from sknet._files import RunLock
-from sknet._util import autocast, jsonable
+from sknet._json import jsonable
+from sknet.errors import NonFiniteLossError
 from sknet.train import rundir
 from sknet.train.checkpoint import (
     capture_rng_state,
@@ -87,10 +89,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("sknet.train")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
 def learning_rate(cfg: TrainConfig, step: int, epoch: int, steps_per_epoch: int) -> float:
