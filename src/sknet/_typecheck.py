@@ -1,12 +1,30 @@
-"""The one type checker for config dataclass fields (model overrides and training settings)."""
+"""The one type checker for config dataclass fields (model overrides and training settings),
+and the one "did you mean" hint for a mistyped name."""
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["coerce_field"]
+from sknet.errors import OverrideError
+
+__all__ = ["coerce_field", "suggest"]
+
+
+def suggest(
+    name: str, candidates: Iterable[str], *, n: int = 1, cutoff: float = 0.6, quote: bool = True
+) -> str:
+    """``"did you mean 'a'?"`` (``"... 'a' or 'b'?"`` for ``n`` > 1) naming the ``candidates``
+    closest to the mistyped ``name``, or ``""`` when none is close (``difflib``'s ratio under
+    ``cutoff``). ``quote=False`` leaves the names bare: ``"did you mean sknet50?"``."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    shown = [repr(c) if quote else c for c in close]
+    return f"did you mean {' or '.join(shown)}?"
 
 
 def coerce_field(name: str, value: Any, hint: Any, where: str = "config key") -> Any:
@@ -19,7 +37,6 @@ def coerce_field(name: str, value: Any, hint: Any, where: str = "config key") ->
     fits; classes need an instance. A mismatch raises :class:`sknet.errors.OverrideError`
     naming ``where`` and ``name``.
     """
-    from sknet.errors import OverrideError
 
     def bad() -> OverrideError:
         return OverrideError(

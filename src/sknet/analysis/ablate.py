@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet._json import jsonable
+from sknet.errors import ConfigError, MissingFileError, OutputError, TrainingError
 
 __all__ = [
     "EXPERIMENTS",
@@ -103,7 +104,7 @@ def _base_config(base: str) -> Any:
     entry = get_entry(base)
     cfg = entry.config
     if not hasattr(cfg, "sk_branches") or not hasattr(cfg, "block"):
-        raise ValueError(
+        raise ConfigError(
             f"ablations need a ResNeXt-family base model (one with SK branch settings), got "
             f"{base!r} ({entry.family}); e.g. sknet_tiny, sknet26 or sknet50"
         )
@@ -119,7 +120,7 @@ def base_groups(base: str) -> int:
 def _scaled_groups(paper_groups: int, base: str) -> int:
     g = paper_groups * base_groups(base) / 32
     if g != int(g) or g < 1:
-        raise ValueError(
+        raise ConfigError(
             f"cannot scale the paper's G{paper_groups} to base {base!r} (G_base = "
             f"{base_groups(base)}): G_base must be a multiple of 32 / {paper_groups}"
         )
@@ -271,7 +272,7 @@ def get_experiment(name: str) -> Experiment:
     try:
         return EXPERIMENTS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}"
         ) from None
 
@@ -423,16 +424,16 @@ def _check_sweep(
     jobs: int, seeds: Sequence[int], settings: dict[str, Any] | None
 ) -> tuple[list[int], dict[str, Any]]:
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise ConfigError("give at least one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+        raise ConfigError(f"seeds must be distinct, got {seeds}")
     settings = dict(settings or {})
     for key, flag in (("model", "--model"), ("seed", "--seeds")):
         if key in settings:
-            raise ValueError(f"set {key!r} with {flag}, not as a setting: every row has its own")
+            raise ConfigError(f"set {key!r} with {flag}, not as a setting: every row has its own")
     return seeds, settings
 
 
@@ -627,7 +628,7 @@ def _run_parallel(
     import queue
 
     if custom_trainer:
-        raise ValueError("jobs > 1 runs sknet.train.train in worker processes; pass jobs=1")
+        raise ConfigError("jobs > 1 runs sknet.train.train in worker processes; pass jobs=1")
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     pending = list(todo)
@@ -658,7 +659,7 @@ def _run_parallel(
             if job is None:
                 for proc, (row, seed, *_rest) in running.values():
                     if proc.exitcode not in (None, 0):
-                        raise RuntimeError(
+                        raise TrainingError(
                             f"the worker training {row.name} seed {seed} died (exit code "
                             f"{proc.exitcode}); run the command again to resume"
                         )
@@ -666,7 +667,7 @@ def _run_parallel(
             proc, (row, seed, run_dir, cfg, _resume) = running.pop(job)
             proc.join()
             if not ok:
-                raise RuntimeError(f"training {row.name} seed {seed} failed: {payload}")
+                raise TrainingError(f"training {row.name} seed {seed} failed: {payload}")
             finish(row, seed, run_dir, cfg, payload)
     finally:
         for proc, _item in running.values():
@@ -761,7 +762,7 @@ def _data_shape(cfg: Any) -> tuple[int, int]:
         return (10 if cfg.data == "cifar10" else 100), image_size
     train_dir = Path(cfg.data_dir).expanduser() / "train"
     if not train_dir.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no {train_dir}: --data imagefolder expects DIR/train/<class>/ and DIR/val/<class>/"
         )
     return sum(1 for e in train_dir.iterdir() if e.is_dir()), image_size
@@ -803,7 +804,7 @@ def _read_record(run_dir: Path, cfg: Any) -> dict[str, Any] | None:
     have = record.get("fingerprint")
     if have != want:
         keys = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
-        raise ValueError(
+        raise OutputError(
             f"{run_dir} holds a finished run with different settings (differs in "
             f"{', '.join(keys) or 'its format'}); use another --out folder or delete that run"
         )
@@ -818,6 +819,8 @@ def _top1_err(summary: dict[str, Any]) -> float:
         s = summary.get(sub)
         if isinstance(s, dict) and "top1_err" in s:
             return float(s["top1_err"])
+    # An internal invariant: sknet.train always writes the top-1 error, so a summary without
+    # one is a bug (or a hand-edited record), not a user error.
     raise KeyError(f"the training summary has no top-1 error: keys {sorted(summary)}")
 
 

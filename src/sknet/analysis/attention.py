@@ -51,6 +51,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from sknet.errors import ConfigError, DataError, FileFormatError, InputError, InputTypeError
+
 __all__ = [
     "FORMAT",
     "MIN_CHANGE",
@@ -92,16 +94,16 @@ def check_zooms(zooms: Sequence[float], *, allow_below_one: bool = True) -> tupl
     """
     zs = tuple(float(z) for z in zooms)
     if not zs:
-        raise ValueError("give at least one zoom factor (e.g. --zooms 1 1.5 2)")
+        raise ConfigError("give at least one zoom factor (e.g. --zooms 1 1.5 2)")
     for z in zs:
         if not math.isfinite(z) or z <= 0:
-            raise ValueError(f"zoom factors must be positive numbers, got {z}")
+            raise ConfigError(f"zoom factors must be positive numbers, got {z}")
         if not allow_below_one and z < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"zoom {z} < 1 would need padding: photos can only be enlarged (zoom >= 1)"
             )
     if list(zs) != sorted(set(zs)):
-        raise ValueError(f"zoom factors must be distinct and ascending, got {list(zs)}")
+        raise ConfigError(f"zoom factors must be distinct and ascending, got {list(zs)}")
     return zs
 
 
@@ -120,7 +122,7 @@ def zoom_tensor(x: torch.Tensor, zoom: float) -> torch.Tensor:
     if zoom == 1.0:
         return x
     if zoom < 1.0:
-        raise ValueError(f"zoom_tensor enlarges only (zoom >= 1), got {zoom}")
+        raise ConfigError(f"zoom_tensor enlarges only (zoom >= 1), got {zoom}")
     single = x.dim() == 3
     xb = x.unsqueeze(0) if single else x
     h, w = xb.shape[-2:]
@@ -146,7 +148,7 @@ def photo_zoom_transform(
     from torchvision import transforms as T
 
     if zoom < 1.0:
-        raise ValueError(f"photos can only be enlarged (zoom >= 1), got {zoom}")
+        raise ConfigError(f"photos can only be enlarged (zoom >= 1), got {zoom}")
     return T.Compose(
         [
             T.Resize(max(image_size, round(resize_size * zoom))),
@@ -173,7 +175,9 @@ class SyntheticZoomSet(Dataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         if not hasattr(dataset, "render"):
-            raise TypeError(f"{type(dataset).__name__} cannot render zoomed objects (no .render)")
+            raise InputTypeError(
+                f"{type(dataset).__name__} cannot render zoomed objects (no .render)"
+            )
         self.dataset = dataset
         self.indices = [int(i) for i in indices]
         self.zooms = check_zooms(zooms)
@@ -224,7 +228,9 @@ class PhotoZoomSet(Dataset):
         i = self.indices[j]
         image, label = self.dataset[i]
         if isinstance(image, torch.Tensor):
-            raise TypeError("PhotoZoomSet needs PIL images: build the dataset with transform=None")
+            raise InputTypeError(
+                "PhotoZoomSet needs PIL images: build the dataset with transform=None"
+            )
         image = image.convert("RGB")
         return torch.stack([t(image) for t in self.transforms]), int(label), i
 
@@ -247,18 +253,18 @@ def select_synthetic(
         ValueError: unknown selection, or no sample / too few samples qualify.
     """
     if selection not in ("in-range", "all"):
-        raise ValueError(f"selection must be 'in-range' or 'all', got {selection!r}")
+        raise ConfigError(f"selection must be 'in-range' or 'all', got {selection!r}")
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
     zs = check_zooms(zooms)
     n = len(dataset)
     info: dict[str, Any] = {"selection": selection, "pool_size": n}
     if selection == "all":
-        idx = list(range(min(num_images, n)))
-        info.update(scanned=len(idx), eligible_fraction=1.0)
-        return idx, info
+        first = list(range(min(num_images, n)))
+        info.update(scanned=len(first), eligible_fraction=1.0)
+        return first, info
     if train_scale_range is None:
-        raise ValueError("selection 'in-range' needs the training scale range")
+        raise ConfigError("selection 'in-range' needs the training scale range")
     lo, hi = float(train_scale_range[0]), float(train_scale_range[1])
     zmin, zmax = min(zs), max(zs)
     max_base = hi / zmax
@@ -268,7 +274,7 @@ def select_synthetic(
         base_scale_range=[min_base, max_base],
     )
     if min_base > max_base:
-        raise ValueError(
+        raise ConfigError(
             f"no object can stay inside the training scale range [{lo:g}, {hi:g}] at every zoom "
             f"{list(zs)} (the range spans {hi / lo:.2f}x, the zooms {zmax / zmin:.2f}x); use "
             "smaller zooms or --select all"
@@ -283,7 +289,7 @@ def select_synthetic(
             if len(idx) == num_images:
                 break
     if not idx:
-        raise ValueError(
+        raise DataError(
             f"none of {n} samples has a base scale in [{min_base:.3g}, {max_base:.3g}] "
             f"(training scales [{lo:g}, {hi:g}], zooms {list(zs)}); use --select all"
         )
@@ -339,7 +345,8 @@ def unit_infos(model: nn.Module) -> dict[str, UnitInfo]:
     units = sk_units(model)
     out: dict[str, UnitInfo] = {}
     for name, mod in units.items():
-        if getattr(mod, "attn", None) is None or mod.num_branches < 2:
+        attn = mod.attn
+        if attn is None or mod.num_branches < 2:
             continue
         eff = tuple(int(s.effective_size) for s in mod.specs)
         # Ties (e.g. "5x5" vs "3x3 D2"): the later branch counts as the larger one.
@@ -352,7 +359,7 @@ def unit_infos(model: nn.Module) -> dict[str, UnitInfo]:
             effective_sizes=eff,
             large=large,
             small=small,
-            attention=str(mod.attn.attention),
+            attention=str(attn.attention),
         )
     if not out:
         what = (
@@ -360,7 +367,7 @@ def unit_infos(model: nn.Module) -> dict[str, UnitInfo]:
             if units
             else "no SK units"
         )
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} ({getattr(model, 'model_name', '?')}) has {what}: there is "
             "no Select attention to analyse (ResNeXt, SENet and 'sum' ablations have none)"
         )
@@ -574,7 +581,7 @@ def collect_attention(
     units = unit_infos(model)
     k = len(classes)
     if k < 1:
-        raise ValueError("classes must name at least one class")
+        raise ConfigError("classes must name at least one class")
     batches, total = _batches(views, batch_size, num_workers)
     device = torch.device(device)
     was_training = model.training
@@ -638,11 +645,11 @@ class _AttentionAccumulator:
         zs, k = self.zooms, self.k
         y = torch.as_tensor(y, dtype=torch.long)
         if x.dim() != 5 or x.shape[1] != len(zs):
-            raise ValueError(
+            raise InputError(
                 f"expected views of shape (N, {len(zs)}, C, H, W), got {tuple(x.shape)}"
             )
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-            raise ValueError(
+            raise DataError(
                 f"label {int(y.max())} out of range for {k} classes: does the model's "
                 "classifier match the dataset?"
             )
@@ -655,7 +662,7 @@ class _AttentionAccumulator:
             for u, info in self.units.items():
                 a = att[u].to("cpu", torch.float64)  # (N, M, C)
                 if not torch.isfinite(a).all():
-                    raise ValueError(f"non-finite attention in {u} at zoom {zs[zi]}")
+                    raise InputError(f"non-finite attention in {u} at zoom {zs[zi]}")
                 self.sums[u][zi] += a.sum(dim=0)
                 am = a.mean(dim=2)  # (N, M)
                 self.class_sums[u][zi].index_add_(0, y, am)
@@ -670,7 +677,7 @@ class _AttentionAccumulator:
     def result(self, classes: Sequence[str], meta: dict[str, Any] | None) -> AttentionResult:
         """The means over all images added so far; ValueError when there were none."""
         if self.done == 0:
-            raise ValueError("no images to analyse")
+            raise DataError("no images to analyse")
         labels = torch.cat(self.labels).numpy()
         counts = np.bincount(labels, minlength=self.k).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -697,5 +704,7 @@ def load_attention_json(path: Any) -> dict[str, Any]:
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an sknet attention file (format {doc.get('format')!r})")
+        raise FileFormatError(
+            f"{path} is not an sknet attention file (format {doc.get('format')!r})"
+        )
     return doc

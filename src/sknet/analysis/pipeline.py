@@ -29,6 +29,7 @@ from sknet.analysis.attention import (
 from sknet.analysis.plots import plot_all
 from sknet.analysis.report import paper_pattern, write_report
 from sknet.data import DEFAULT_SCALE_RANGE
+from sknet.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_ZOOMS", "Views", "build_views", "run_analysis"]
 
@@ -86,18 +87,18 @@ def build_views(
     """
     zs = check_zooms(zooms, allow_below_one=data == "synthetic")
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
     if data == "synthetic":
         return _synthetic_views(
             zs, num_images, split, image_size, mean, std, seed, train_scale_range, selection
         )
     if data not in ("imagefolder", "cifar10", "cifar100"):
-        raise ValueError(
+        raise ConfigError(
             f"unknown dataset {data!r} for analysis; use synthetic, imagefolder, cifar10 or "
             "cifar100"
         )
     if data_dir is None:
-        raise ValueError(f"--data {data} needs --data-dir (a local folder; nothing is downloaded)")
+        raise ConfigError(f"--data {data} needs --data-dir (a local folder; nothing is downloaded)")
     return _photo_views(data, zs, num_images, data_dir, split, image_size, mean, std, crop_ratio)
 
 
@@ -163,7 +164,7 @@ def _photo_views(
         resize = size  # CIFAR is evaluated uncropped
     n = len(raw)  # type: ignore[arg-type]
     if n == 0:
-        raise ValueError(f"no images in {data_dir} ({split})")
+        raise DataError(f"no images in {data_dir} ({split})")
     count = min(num_images, n)
     # Evenly spaced over the (class-sorted) split, so that every class is represented.
     indices = sorted({int(i * n / count) for i in range(count)})
@@ -209,10 +210,10 @@ def run_analysis(
     cl_units = list(class_units) if class_units else default_units(names)
     for u in [*ch_units, *cl_units]:
         if u not in names:
-            raise ValueError(f"unknown SK unit {u!r}; this model has {', '.join(names)}")
+            raise ConfigError(f"unknown SK unit {u!r}; this model has {', '.join(names)}")
     num_classes = getattr(model, "num_classes", None)
     if num_classes is not None and num_classes != len(views.classes):
-        raise ValueError(
+        raise DataError(
             f"the model has {num_classes} classes but the dataset {len(views.classes)}; analyse "
             "it on the data it was trained on (--data/--data-dir)"
         )

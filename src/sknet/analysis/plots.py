@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sknet.analysis.attention import AttentionResult, zkey
+from sknet.errors import ConfigError
 
 __all__ = [
     "bin_channels",
@@ -49,7 +50,7 @@ def bin_channels(values: np.ndarray, bin_size: int) -> np.ndarray:
     The last group may be smaller when ``bin_size`` does not divide C.
     """
     if bin_size < 1:
-        raise ValueError(f"bin_size must be >= 1, got {bin_size}")
+        raise ConfigError(f"bin_size must be >= 1, got {bin_size}")
     v = np.asarray(values, dtype=np.float64)
     c = v.shape[-1]
     n = math.ceil(c / bin_size)
@@ -86,11 +87,11 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
 def _check_units(result: AttentionResult, units: Sequence[str]) -> list[str]:
     unknown = [u for u in units if u not in result.units]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(result.units)}"
         )
     if not units:
-        raise ValueError("choose at least one SK unit to plot")
+        raise ConfigError("choose at least one SK unit to plot")
     return list(units)
 
 

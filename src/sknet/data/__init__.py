@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from sknet.data.names import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet.errors import ConfigError
 
 from .real import (
     CIFAR_SPECS,
@@ -119,12 +120,12 @@ def build_dataset(
             missing ``data_dir`` for real data.
     """
     if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {_SPLITS}, got {split!r}")
     train = split == "train"
     if isinstance(transform, str) and transform != DEFAULT_TRANSFORM:
-        raise ValueError(f"transform must be a callable, None or {DEFAULT_TRANSFORM!r}")
+        raise ConfigError(f"transform must be a callable, None or {DEFAULT_TRANSFORM!r}")
     kind = {"synthetic": "synthetic", "imagefolder": "imagenet"}.get(name, name)
 
     tf: Callable[[Any], Any] | None
@@ -147,9 +148,11 @@ def build_dataset(
         )
 
     if data_dir is None:
-        raise ValueError(f"dataset {name!r} needs data_dir (a local folder; nothing is downloaded)")
+        raise ConfigError(
+            f"dataset {name!r} needs data_dir (a local folder; nothing is downloaded)"
+        )
     if name in ("cifar10", "cifar100"):
         return build_cifar(name, data_dir, train=train, transform=tf)
     if split == "test":
-        raise ValueError("imagefolder supports split 'train' or 'val'")
+        raise ConfigError("imagefolder supports split 'train' or 'val'")
     return build_imagefolder(data_dir, split=split, transform=tf, max_bad=max_bad)

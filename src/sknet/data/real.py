@@ -29,7 +29,13 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from sknet.errors import ConfigError, CorruptImageError, FileFormatError
+from sknet.errors import (
+    ConfigError,
+    CorruptImageError,
+    FileFormatError,
+    MissingFileError,
+    TrainingError,
+)
 
 __all__ = [
     "CIFAR_SPECS",
@@ -108,12 +114,12 @@ def _load_pickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, ... on corrupt files
-        raise ValueError(
+        raise FileFormatError(
             f"could not read CIFAR batch {path}: {type(exc).__name__}: {exc}. The file is "
             "corrupt or not a CIFAR python-version batch; re-extract the official archive."
         ) from exc
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise FileFormatError(
             f"CIFAR batch {path} holds a {type(obj).__name__}, expected a dict with 'data' and "
             "label keys"
         )
@@ -132,7 +138,7 @@ def _resolve_cifar_dir(name: str, data_dir: PathLike, files: list[str]) -> Path:
     missing = [f for f in files if not (base / f).is_file()]
     all_files = spec["train"] + spec["test"]
     shown = "data_batch_1..5 and test_batch" if name == "cifar10" else " and ".join(all_files)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{name}: missing {', '.join(str(base / f) for f in missing)}. Expected "
         f"{base}/{{{shown}}} (and {spec['meta']} for class names): download "
         f"{spec['archive']} yourself and extract it into {root} so that it creates the "
@@ -168,7 +174,9 @@ class CIFARDataset(Dataset):
         transform: Transform | None = None,
     ) -> None:
         if name not in CIFAR_SPECS:
-            raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {list(CIFAR_SPECS)}")
+            raise ConfigError(
+                f"unknown CIFAR variant {name!r}; expected one of {list(CIFAR_SPECS)}"
+            )
         spec = CIFAR_SPECS[name]
         self.name = name
         self.train = train
@@ -195,22 +203,22 @@ class CIFARDataset(Dataset):
         self, path: Path, batch: dict[str, Any], label_key: str
     ) -> tuple[np.ndarray, np.ndarray]:
         if "data" not in batch or label_key not in batch:
-            raise ValueError(
+            raise FileFormatError(
                 f"CIFAR batch {path} lacks 'data' and/or {label_key!r} (keys: {sorted(batch)}); "
                 f"is it a {self.name} python-version batch?"
             )
         data = np.asarray(batch["data"])
         if data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
-            raise ValueError(
+            raise FileFormatError(
                 f"CIFAR batch {path}: 'data' has shape {data.shape}, expected (N, {_CIFAR_PIXELS})"
             )
         if data.dtype != np.uint8:
             if data.size and (data.min() < 0 or data.max() > 255):
-                raise ValueError(f"CIFAR batch {path}: pixel values outside 0..255")
+                raise FileFormatError(f"CIFAR batch {path}: pixel values outside 0..255")
             data = data.astype(np.uint8)
         lab = np.asarray(batch[label_key])
         if lab.ndim != 1 or len(lab) != len(data):
-            raise ValueError(
+            raise FileFormatError(
                 f"CIFAR batch {path}: {len(lab)} labels (shape {lab.shape}) for {len(data)} images"
             )
         if lab.size and (
@@ -218,7 +226,7 @@ class CIFARDataset(Dataset):
             or lab.min() < 0
             or lab.max() >= self.num_classes
         ):
-            raise ValueError(
+            raise FileFormatError(
                 f"CIFAR batch {path}: labels must be integers in [0, {self.num_classes})"
             )
         return data, lab
@@ -232,7 +240,7 @@ class CIFARDataset(Dataset):
         meta = _load_pickle(meta_path)
         names = meta.get(spec["names_key"])
         if names is None or len(names) != self.num_classes:
-            raise ValueError(
+            raise FileFormatError(
                 f"CIFAR meta file {meta_path}: expected {self.num_classes} names under "
                 f"{spec['names_key']!r}"
             )
@@ -315,7 +323,7 @@ def _to_uint8(arr: np.ndarray, mode: str, bits: int = 32) -> np.ndarray:
     """
     if mode.startswith("I"):
         if not arr.size:
-            raise ValueError("empty image")
+            raise FileFormatError("empty image")
         if bits <= 16 and arr.min() >= 0 and arr.max() <= 65535:
             return (arr.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
         lo, hi = float(arr.min()), float(arr.max())
@@ -324,10 +332,10 @@ def _to_uint8(arr: np.ndarray, mode: str, bits: int = 32) -> np.ndarray:
     if mode == "F":
         if arr.size and np.nanmin(arr) >= 0.0 and np.nanmax(arr) <= 1.0:
             return (np.nan_to_num(arr) * 255.0).round().astype(np.uint8)
-        raise ValueError(
+        raise FileFormatError(
             "32-bit float image with values outside [0, 1]: its intensity scale is unknown"
         )
-    raise ValueError(f"unsupported image mode {mode!r}")
+    raise FileFormatError(f"unsupported image mode {mode!r}")
 
 
 def _orient(img: Image.Image) -> Image.Image:
@@ -369,7 +377,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith("I") or mode == "F":
         gray = _to_uint8(np.asarray(img), mode, bits)
         if gray.ndim != 2:
-            raise ValueError(f"unsupported {mode} image with shape {gray.shape}")
+            raise FileFormatError(f"unsupported {mode} image with shape {gray.shape}")
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
     if mode == "P" and "transparency" in img.info:
         return img.convert("RGBA").convert("RGB")
@@ -476,10 +484,10 @@ _LAYOUT_HINT = (
 
 def _check_imagefolder_layout(root: Path, split_dir: Path) -> None:
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"image folder {split_dir} does not exist; {_LAYOUT_HINT}")
+        raise MissingFileError(f"image folder {split_dir} does not exist; {_LAYOUT_HINT}")
     class_dirs = sorted((e for e in os.scandir(split_dir) if e.is_dir()), key=lambda e: e.name)
     if not class_dirs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no class sub-folders in {split_dir}; {_LAYOUT_HINT} (root given: {root})"
         )
     empty = []
@@ -493,7 +501,7 @@ def _check_imagefolder_layout(root: Path, split_dir: Path) -> None:
             empty.append(entry.path)
     if empty:
         shown = ", ".join(empty[:5]) + (f" (+{len(empty) - 5} more)" if len(empty) > 5 else "")
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(empty)} class folder(s) without images ({', '.join(IMG_EXTENSIONS)}): "
             f"{shown}; {_LAYOUT_HINT}"
         )
@@ -526,7 +534,7 @@ class RobustImageFolder(ImageFolder):
     ) -> None:
         super().__init__(str(root), transform=transform, loader=loader)
         if max_bad < 0:
-            raise ValueError(f"max_bad must be >= 0, got {max_bad}")
+            raise ConfigError(f"max_bad must be >= 0, got {max_bad}")
         self.max_bad = max_bad
         self.replace_bad = replace_bad
         self.bad_files: list[str] = []
@@ -569,7 +577,7 @@ class RobustImageFolder(ImageFolder):
         )
         if count > self.max_bad:
             first = ", ".join(self.bad_files[:5])
-            raise RuntimeError(
+            raise TrainingError(
                 f"{count} unreadable image(s) in {self.root}, more than max_bad={self.max_bad}; "
                 f"first: {first}"
             ) from exc
@@ -594,7 +602,7 @@ class RobustImageFolder(ImageFolder):
             if self.target_transform is not None:
                 target = self.target_transform(target)
             return sample, target
-        raise RuntimeError(f"no readable image in {self.root} (all {n} files failed to load)")
+        raise TrainingError(f"no readable image in {self.root} (all {n} files failed to load)")
 
     def _get_or_blank(self, index: int) -> tuple[Any, int]:
         path, target = self.samples[index]
@@ -625,7 +633,7 @@ def build_imagefolder(
     missing, has no class sub-folders, or a class folder holds no image.
     """
     if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     root = Path(data_dir).expanduser()
     split_dir = root / split
     _check_imagefolder_layout(root, split_dir)

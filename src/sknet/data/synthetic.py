@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sknet.data.names import DEFAULT_SCALE_RANGE
+from sknet.errors import DataError
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -232,18 +233,18 @@ class SyntheticShapes(Dataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
         if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+            raise DataError(f"num_samples must be >= 0, got {num_samples}")
         if image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {image_size}")
+            raise DataError(f"image_size must be >= 8, got {image_size}")
         if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise DataError(f"seed must be >= 0, got {seed}")
         if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+            raise DataError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         lo, hi = float(scale_range[0]), float(scale_range[1])
         if not 0.0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
+            raise DataError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
         if zoom <= 0:
-            raise ValueError(f"zoom must be > 0, got {zoom}")
+            raise DataError(f"zoom must be > 0, got {zoom}")
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -425,7 +426,7 @@ class SyntheticShapes(Dataset):
     def _geometry(self, p: _SampleParams, zoom: float) -> tuple[float, float, float]:
         """Half-size and centre (pixels) of the object at ``zoom``."""
         if zoom <= 0:
-            raise ValueError(f"zoom must be > 0, got {zoom}")
+            raise DataError(f"zoom must be > 0, got {zoom}")
         size = self.image_size
         half = 0.5 * p.scale * size * zoom
         if zoom == 1.0:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from torchvision import transforms as T
 
+from sknet.errors import ConfigError
+
 from .synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
 
 __all__ = [
@@ -77,7 +79,7 @@ def _canonical(kind: str) -> str:
     try:
         return _CANONICAL[kind]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown transform kind {kind!r}; expected one of {list(TRANSFORM_KINDS)}"
         ) from None
 
@@ -103,7 +105,7 @@ def eval_resize_size(image_size: int, crop_ratio: float = 0.875) -> int:
     224 -> 256, 320 -> 366 (rounded, not truncated).
     """
     if not 0.0 < crop_ratio <= 1.0:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        raise ConfigError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
     return math.floor(image_size / crop_ratio + 0.5)
 
 

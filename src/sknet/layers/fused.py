@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sknet.errors import ConfigError, InputTypeError
 from sknet.layers.norm import FrozenBatchNorm2d
 from sknet.layers.sk import SKAttention, SKConv, _Branch, strided_dilation_shortcut
 
@@ -89,7 +90,7 @@ def fold_bn(
     ``k = gamma / sqrt(var + eps)``, computed in float64 and cast back.
     """
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
+        raise ConfigError(
             "cannot fold a BatchNorm without running statistics (track_running_stats=False)"
         )
     dtype = weight.dtype
@@ -148,21 +149,22 @@ class FusedConv2d(nn.Module):
         cls, conv: nn.Conv2d, bn: nn.Module | None = None, *, relu: bool = False
     ) -> FusedConv2d:
         if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
-            raise TypeError(f"cannot fuse {conv!r}: a zero-padded nn.Conv2d is required")
+            raise InputTypeError(f"cannot fuse {conv!r}: a zero-padded nn.Conv2d is required")
         if isinstance(conv.padding, str):
-            raise TypeError(f"cannot fuse {conv!r}: string padding is not supported")
+            raise InputTypeError(f"cannot fuse {conv!r}: string padding is not supported")
+        b: torch.Tensor | None
         if isinstance(bn, _FOLDABLE_NORMS):
             w, b = fold_bn(conv.weight, conv.bias, bn)
         elif bn is None or isinstance(bn, nn.Identity):
             w, b = conv.weight, conv.bias
         else:
-            raise TypeError(f"cannot fold {type(bn).__name__} into a convolution")
+            raise InputTypeError(f"cannot fold {type(bn).__name__} into a convolution")
         return cls(
             w,
             b,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            stride=(conv.stride[0], conv.stride[1]),
+            padding=(conv.padding[0], conv.padding[1]),
+            dilation=(conv.dilation[0], conv.dilation[1]),
             groups=conv.groups,
             relu=relu,
         )
@@ -284,7 +286,7 @@ class FusedSKAttention(nn.Module):
         elif isinstance(attn.bn, nn.Identity):
             b = None
         else:
-            raise TypeError(f"cannot fold {type(attn.bn).__name__} in an SK attention path")
+            raise InputTypeError(f"cannot fold {type(attn.bn).__name__} in an SK attention path")
         return cls(
             w.flatten(1), b, attn.fc_select.weight.flatten(1), attn.num_branches, attn.attention
         )
@@ -327,10 +329,13 @@ class FusedSKConv(SKConv):
         branches = []
         for b in sk.branches:
             if not isinstance(b, _Branch):
-                raise TypeError(f"cannot fuse SKConv branch of type {type(b).__name__}")
+                raise InputTypeError(f"cannot fuse SKConv branch of type {type(b).__name__}")
             branches.append(FusedConv2d.from_conv_bn(b.conv, b.bn, relu=isinstance(b.act, nn.ReLU)))
         new.branches = nn.ModuleList(branches)
-        new.attn = FusedSKAttention.from_attention(sk.attn) if sk.attn is not None else None
+        fused_attn = FusedSKAttention.from_attention(sk.attn) if sk.attn is not None else None
+        # The folded attention stands in for SKAttention: the same call, (N, C, 1, 1) ->
+        # (N, M, C'), which is all SKConv's forward uses of it.
+        new.attn = fused_attn  # type: ignore[assignment]
         return new  # forward: SKConv's (Split through the fused branches, then _fuse_select)
 
 

@@ -10,8 +10,12 @@ in for every BN of a model, the one inside each SK unit's attention path include
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from sknet.errors import ConfigError, InputTypeError
 
 __all__ = ["FrozenBatchNorm2d", "freeze_batchnorm"]
 
@@ -33,7 +37,7 @@ class FrozenBatchNorm2d(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}")
+            raise ConfigError(f"num_features must be >= 1, got {num_features}")
         self.num_features = num_features
         self.eps = eps
         self.register_buffer("weight", torch.ones(num_features))
@@ -45,7 +49,7 @@ class FrozenBatchNorm2d(nn.Module):
     def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> FrozenBatchNorm2d:
         """A frozen copy of ``bn`` (its running statistics and affine parameters)."""
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot freeze {type(bn).__name__}({bn.num_features}): it keeps no running "
                 "statistics (track_running_stats=False)"
             )
@@ -60,12 +64,19 @@ class FrozenBatchNorm2d(nn.Module):
             out.running_var.copy_(bn.running_var)
         return out.to(device=ref.device, dtype=ref.dtype)
 
-    def _load_from_state_dict(  # type: ignore[override]
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         state_dict.pop(prefix + "num_batches_tracked", None)  # a BatchNorm2d checkpoint's
         super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +97,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     original model in eval mode. Raises ``ValueError`` naming a BN without running statistics.
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"freeze_batchnorm expects an nn.Module, got {type(module).__name__}")
+        raise InputTypeError(f"freeze_batchnorm expects an nn.Module, got {type(module).__name__}")
     if isinstance(module, nn.BatchNorm2d | nn.SyncBatchNorm):
         return FrozenBatchNorm2d.from_batchnorm(module)
     for path, parent in list(module.named_modules()):
@@ -96,6 +107,6 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
                     frozen = FrozenBatchNorm2d.from_batchnorm(child)
                 except ValueError as exc:
                     where = f"{path}.{name}" if path else name
-                    raise ValueError(f"{where}: {exc}") from None
+                    raise ConfigError(f"{where}: {exc}") from None
                 setattr(parent, name, frozen)
     return module

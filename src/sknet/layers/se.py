@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError
+
 __all__ = ["SEModule"]
 
 
@@ -23,7 +25,7 @@ class SEModule(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         if reduction < 1:
-            raise ValueError(f"SE reduction must be >= 1, got {reduction}")
+            raise ConfigError(f"SE reduction must be >= 1, got {reduction}")
         hidden = max(channels // reduction, 1)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = nn.ReLU(inplace=True)

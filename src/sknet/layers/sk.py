@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sknet.errors import ConfigError, InputError, OverrideError
 from sknet.layers._tracing import is_fx_tracing
 
 __all__ = [
@@ -90,12 +91,12 @@ class BranchSpec:
         """Parse the paper's notation, e.g. ``"3x3 D2 G32"``, ``"5x5 G64"``, ``"3x3"``."""
         m = _SPEC_RE.fullmatch(text.strip())
         if m is None:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot parse branch {text!r}: expected e.g. '3x3', '3x3 D2' or '5x5 D1 G64'"
             )
         k1, k2, d, g = m.groups()
         if k1 != k2:
-            raise ValueError(f"branch {text!r}: only square kernels are supported")
+            raise ConfigError(f"branch {text!r}: only square kernels are supported")
         return cls(int(k1), int(d) if d else 1, int(g) if g else None)
 
 
@@ -110,9 +111,9 @@ def resolve_branches(
     (k - 1) / 2; with ``"full"`` it becomes a true k x k kernel. Size 1 is a 1x1 convolution.
     """
     if kernel_mode not in ("dilated", "full"):
-        raise ValueError(f"kernel_mode must be 'dilated' or 'full', got {kernel_mode!r}")
+        raise ConfigError(f"kernel_mode must be 'dilated' or 'full', got {kernel_mode!r}")
     if len(branches) < 1:
-        raise ValueError("SKConv needs at least one branch (M >= 1), got none")
+        raise ConfigError("SKConv needs at least one branch (M >= 1), got none")
     specs = []
     for b in branches:
         if isinstance(b, BranchSpec):
@@ -121,7 +122,7 @@ def resolve_branches(
             spec = BranchSpec.parse(b)
         elif isinstance(b, int) and not isinstance(b, bool):
             if b < 1 or b % 2 == 0:
-                raise ValueError(f"kernel sizes must be odd and positive, got {b}")
+                raise ConfigError(f"kernel sizes must be odd and positive, got {b}")
             if b == 1:
                 spec = BranchSpec(1, 1)
             elif kernel_mode == "dilated":
@@ -129,13 +130,13 @@ def resolve_branches(
             else:
                 spec = BranchSpec(b, 1)
         else:
-            raise TypeError(
+            raise OverrideError(
                 f"a branch is an odd int kernel size, a BranchSpec or its text, got {b!r}"
             )
         if spec.kernel_size < 1 or spec.kernel_size % 2 == 0:
-            raise ValueError(f"kernel sizes must be odd and positive, got {spec.kernel_size}")
+            raise ConfigError(f"kernel sizes must be odd and positive, got {spec.kernel_size}")
         if spec.dilation < 1:
-            raise ValueError(f"dilation must be >= 1, got {spec.dilation}")
+            raise ConfigError(f"dilation must be >= 1, got {spec.dilation}")
         specs.append(spec)
     return tuple(specs)
 
@@ -164,9 +165,9 @@ class SKAttention(nn.Module):
     ) -> None:
         super().__init__()
         if attention not in ("channel", "shared"):
-            raise ValueError(f"attention must be 'channel' or 'shared', got {attention!r}")
+            raise ConfigError(f"attention must be 'channel' or 'shared', got {attention!r}")
         if attn_dim < 1:
-            raise ValueError(f"attention width d must be >= 1, got {attn_dim}")
+            raise ConfigError(f"attention width d must be >= 1, got {attn_dim}")
         self.channels = channels
         self.num_branches = num_branches
         self.attention = attention
@@ -185,7 +186,7 @@ class SKAttention(nn.Module):
             and not is_fx_tracing()
             and s.shape[0] == 1
         ):
-            raise ValueError(
+            raise InputError(
                 "SKConv in training mode needs a per-device batch of at least 2: the BatchNorm "
                 "in its attention path normalises one value per channel per sample, which is "
                 "undefined for a batch of 1. Use a larger batch or model.eval(); build with "
@@ -251,21 +252,23 @@ class SKConv(nn.Module):
         specs = resolve_branches(branches, kernel_mode)
         m = len(specs)
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
+            raise ConfigError(
+                f"channels must be positive, got in={in_channels}, out={out_channels}"
+            )
         if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+            raise ConfigError(f"stride must be >= 1, got {stride}")
         if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-            raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+            raise ConfigError(f"dilation must be an int >= 1, got {dilation!r}")
         if reduction < 1:
-            raise ValueError(f"reduction r must be >= 1, got {reduction}")
+            raise ConfigError(f"reduction r must be >= 1, got {reduction}")
         if aggregation not in ("attention", "sum"):
-            raise ValueError(f"aggregation must be 'attention' or 'sum', got {aggregation!r}")
+            raise ConfigError(f"aggregation must be 'attention' or 'sum', got {aggregation!r}")
         if attention not in ("channel", "shared"):
-            raise ValueError(f"attention must be 'channel' or 'shared', got {attention!r}")
+            raise ConfigError(f"attention must be 'channel' or 'shared', got {attention!r}")
         branch_in = in_channels
         if split_input:
             if in_channels % m:
-                raise ValueError(
+                raise ConfigError(
                     f"split_input needs in_channels ({in_channels}) divisible by the number "
                     f"of branches ({m})"
                 )
@@ -281,7 +284,7 @@ class SKConv(nn.Module):
         for spec in specs:
             g = groups if spec.groups is None else spec.groups
             if g < 1 or branch_in % g or out_channels % g:
-                raise ValueError(
+                raise ConfigError(
                     f"branch {spec.describe()} with groups={g}: input channels ({branch_in}) and "
                     f"output channels ({out_channels}) must both be divisible by groups"
                 )
@@ -315,9 +318,9 @@ class SKConv(nn.Module):
         if is_fx_tracing():  # a Proxy has no concrete shape; eager calls keep the checks
             return
         if x.dim() != 4:
-            raise ValueError(f"SKConv expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+            raise InputError(f"SKConv expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"SKConv expects {self.in_channels} input channels, got {x.shape[1]}")
+            raise InputError(f"SKConv expects {self.in_channels} input channels, got {x.shape[1]}")
 
     def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The Split step: the M branch outputs U_m, each (N, C, H', W')."""

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sknet.errors import DeviceError, InputError, OverrideError
 from sknet.layers import sk as _sk
 
 __all__ = [
@@ -93,9 +94,9 @@ def set_fused_epilogue(enabled: bool) -> bool:
     setting. Raises ``RuntimeError`` when switching on without Triton installed."""
     global _ENABLED
     if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        raise OverrideError(f"enabled must be a bool, got {type(enabled).__name__}")
     if enabled and not _TRITON:
-        raise RuntimeError("the fused SK epilogue needs Triton (pip install triton)")
+        raise DeviceError("the fused SK epilogue needs Triton (pip install triton)")
     previous = _ENABLED
     _ENABLED = enabled
     _sk._EPILOGUE_HOOK = _epilogue if enabled else None
@@ -115,7 +116,9 @@ def fused_epilogue(enabled: bool = True) -> Iterator[None]:
 # ----------------------------------------------------------------------------- kernels
 
 
-def _pool_kernel(
+# A Triton kernel: only its tl.constexpr parameters are annotated (triton.jit reads the
+# annotations; pointer and size arguments stay bare as Triton expects).
+def _pool_kernel(  # type: ignore[no-untyped-def]
     u0, u1, s, hw, c, s_n, s_c, s_hw, inv_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     """s[n, c] = (sum_hw u0 + u1) * inv_hw, fp32; one program per (n, block of channels)."""
@@ -135,7 +138,9 @@ def _pool_kernel(
     tl.store(s + n * c + cs, tot, mask=cmask)
 
 
-def _select_fwd_kernel(
+# A Triton kernel: only its tl.constexpr parameters are annotated (triton.jit reads the
+# annotations; pointer and size arguments stay bare as Triton expects).
+def _select_fwd_kernel(  # type: ignore[no-untyped-def]
     u0, u1, a, out, hw, c, s_n, s_c, s_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
 ):
     """out = u1 + a (u0 - u1), a[n, c] broadcast over the pixels."""
@@ -154,7 +159,9 @@ def _select_fwd_kernel(
         tl.store(out + off, y.to(out.dtype.element_ty), mask=mask)
 
 
-def _select_bwd_kernel(
+# A Triton kernel: only its tl.constexpr parameters are annotated (triton.jit reads the
+# annotations; pointer and size arguments stay bare as Triton expects).
+def _select_bwd_kernel(  # type: ignore[no-untyped-def]
     g,
     u0,
     u1,
@@ -344,7 +351,7 @@ def fused_select(
     Triton where usable, else ``torch.lerp`` (fallback). ``inplace`` writes into ``u1`` (only
     where autograd does not need it)."""
     if a0.dim() != 2 or a0.shape[0] != u0.shape[0] or a0.shape[1] not in (1, u0.shape[1]):
-        raise ValueError(
+        raise InputError(
             f"a0 must be (N, C) or (N, 1) for branch outputs {tuple(u0.shape)}, "
             f"got {tuple(a0.shape)}"
         )

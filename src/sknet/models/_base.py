@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError
 from sknet.layers.sk import SKConv
 from sknet.models._staged import StagedNet, resolve_out_indices
 
@@ -80,7 +81,7 @@ class SKNetModel(StagedNet):
             ``(final_features, [levels...])``, or the list alone with ``intermediates_only``.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise ConfigError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         self.check_input(x)
         name = getattr(self, "model_name", type(self).__name__)
         take = resolve_out_indices(indices, self.feature_info, name)
@@ -96,6 +97,7 @@ class SKNetModel(StagedNet):
         return out if intermediates_only else (x, out)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        # Abstract method: every concrete model overrides it; reaching this is a bug in sknet.
         raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -115,7 +117,7 @@ class SKNetModel(StagedNet):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         ref = next(self.parameters())
         self.head.fc = (
@@ -166,6 +168,7 @@ class _AttentionView(Mapping[str, torch.Tensor]):
         return self._units[key].last_attention
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        # A Mapping's __getitem__ must raise KeyError: ``in``, ``.get`` and ``dict()`` rely on it.
         if key not in self._units:
             raise KeyError(f"{key}: no such SK unit (units: {', '.join(self._units)})")
         a = self._current(key)
@@ -194,7 +197,7 @@ def capture_attention(model: nn.Module) -> Iterator[Mapping[str, torch.Tensor]]:
     """
     units = sk_units(model)
     if not units:
-        raise ValueError(f"{type(model).__name__} has no SK units to capture attention from")
+        raise ConfigError(f"{type(model).__name__} has no SK units to capture attention from")
     previous = {k: m.record_attention for k, m in units.items()}
     for m in units.values():
         m.record_attention = True

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sknet.errors import InputTypeError
 from sknet.models._base import SKNetModel
 from sknet.models._staged import StagedNet, resolve_out_indices
 
@@ -93,7 +94,7 @@ class FeatureNet(StagedNet):
     def __init__(self, model: SKNetModel, out_indices: int | Sequence[int] | None = None) -> None:
         super().__init__()
         if not isinstance(model, SKNetModel):
-            raise TypeError(f"FeatureNet needs an sknet model, got {type(model).__name__}")
+            raise InputTypeError(f"FeatureNet needs an sknet model, got {type(model).__name__}")
         name = getattr(model, "model_name", type(model).__name__)
         if out_indices is None:
             out_indices = model.default_out_indices()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError, InputError, InputTypeError, OverrideError
 from sknet.layers._tracing import is_fx_tracing
 
 __all__ = ["StagedNet", "check_image_batch", "resolve_out_indices"]
@@ -29,54 +30,54 @@ def resolve_out_indices(
     if indices is None:
         return list(range(n))
     if isinstance(indices, bool) or not isinstance(indices, int | Sequence):
-        raise TypeError(f"out_indices must be an int or a sequence of ints, got {indices!r}")
+        raise OverrideError(f"out_indices must be an int or a sequence of ints, got {indices!r}")
     if isinstance(indices, int):
         if not 0 < indices <= n:
-            raise ValueError(
+            raise ConfigError(
                 f"out_indices={indices} (the last n levels) must be in 1..{n} for {model} "
                 f"({levels})"
             )
         return list(range(n - indices, n))
     if len(indices) == 0:
-        raise ValueError("out_indices is empty: give at least one feature level")
+        raise ConfigError("out_indices is empty: give at least one feature level")
     out = []
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"out_indices must hold ints, got {i!r} in {tuple(indices)}")
+            raise OverrideError(f"out_indices must hold ints, got {i!r} in {tuple(indices)}")
         if not -n <= i < n:
-            raise ValueError(
+            raise ConfigError(
                 f"out_indices {tuple(indices)}: {i} is out of range for {model}, whose "
                 f"feature levels are 0..{n - 1} ({levels})"
             )
         out.append(i % n)
     if len(set(out)) != len(out):
-        raise ValueError(f"out_indices {tuple(indices)} names a feature level twice")
+        raise ConfigError(f"out_indices {tuple(indices)} names a feature level twice")
     return sorted(out)
 
 
 def check_image_batch(x: Any, in_chans: int, min_size: int, native_size: int) -> None:
     """Raise ``TypeError``/``ValueError`` naming the problem with an image batch."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(
+        raise InputError(
             f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape "
             f"{tuple(x.shape)}"
             + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
         )
     if not x.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"expected a floating-point input, got {x.dtype} (convert images with "
             "x.float() / 255 and normalise them)"
         )
     if x.shape[1] != in_chans:
-        raise ValueError(
+        raise InputError(
             f"model expects {in_chans} input channels, got {x.shape[1]} "
             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]}"
         )
     h, w = x.shape[-2:]
     if h < min_size or w < min_size:
-        raise ValueError(
+        raise InputError(
             f"input {h}x{w} is too small for this model: its total stride is "
             f"{min_size}, so height and width must be at least "
             f"{min_size} (native size {native_size})"
@@ -109,12 +110,12 @@ class StagedNet(nn.Module):
         if ref is None or torch.compiler.is_compiling():
             return
         if x.device != ref.device:
-            raise ValueError(
+            raise InputTypeError(
                 f"the input is on {x.device} but the model is on {ref.device}: move one of them "
                 f"(x.to('{ref.device}') or model.to('{x.device}'))"
             )
         if x.dtype != ref.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
+            raise InputTypeError(
                 f"the input is {x.dtype} but the model's weights are {ref.dtype}: cast the "
                 f"input (x.to({ref.dtype})), cast the model (model.to({x.dtype})), or run it "
                 "under torch.autocast"
@@ -143,7 +144,7 @@ class StagedNet(nn.Module):
             if parent in paths:
                 return parent
             parent = parent.rpartition(".")[0]
-        raise ValueError(f"{module!r} is not a module on the feature path ({paths})")
+        raise ConfigError(f"{module!r} is not a module on the feature path ({paths})")
 
     def _frozen_parts(self, n: int) -> list[nn.Module]:
         return [self.stem, *list(self.stages)[:n]] if n >= 0 else []
@@ -156,7 +157,7 @@ class StagedNet(nn.Module):
         """
         total = len(self.stages)
         if isinstance(n, bool) or not isinstance(n, int) or not -1 <= n <= total:
-            raise ValueError(
+            raise ConfigError(
                 f"frozen_stages must be an int in -1..{total} (-1: nothing, 0: the stem, "
                 f"{total}: the stem and all {total} stages), got {n!r}"
             )

@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError
 from sknet.layers.se import SEModule
 from sknet.layers.sk import BranchSpec, SKConv
 from sknet.models._base import ClassifierHead, SKNetModel
@@ -91,23 +92,23 @@ class ResNeXtConfig:
     def validate(self) -> None:
         n = len(self.layers)
         if n < 1 or any(u < 1 for u in self.layers):
-            raise ValueError(f"layers must be positive unit counts, got {self.layers}")
+            raise ConfigError(f"layers must be positive unit counts, got {self.layers}")
         if len(self.stage_out) != n:
-            raise ValueError(f"stage_out needs {n} widths (one per stage), got {self.stage_out}")
+            raise ConfigError(f"stage_out needs {n} widths (one per stage), got {self.stage_out}")
         if self.mid_widths is not None and len(self.mid_widths) != n:
-            raise ValueError(f"mid_widths needs {n} widths, got {self.mid_widths}")
+            raise ConfigError(f"mid_widths needs {n} widths, got {self.mid_widths}")
         if self.sk_attn_dims is not None and len(self.sk_attn_dims) != n:
-            raise ValueError(f"sk_attn_dims needs {n} entries, got {self.sk_attn_dims}")
+            raise ConfigError(f"sk_attn_dims needs {n} entries, got {self.sk_attn_dims}")
         if self.stem_pool not in ("pad", "ceil"):
-            raise ValueError(f"stem_pool must be 'pad' or 'ceil', got {self.stem_pool!r}")
+            raise ConfigError(f"stem_pool must be 'pad' or 'ceil', got {self.stem_pool!r}")
         if self.block not in ("plain", "se", "sk", "lucid_sk"):
-            raise ValueError(f"unknown block {self.block!r}")
+            raise ConfigError(f"unknown block {self.block!r}")
         if isinstance(self.output_stride, bool) or self.output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride!r}")
+            raise ConfigError(f"output_stride must be 8, 16 or 32, got {self.output_stride!r}")
         for i in range(n):
             mid = self.mid_width(i)
             if mid % self.cardinality:
-                raise ValueError(
+                raise ConfigError(
                     f"stage {i + 2}: bottleneck width {mid} is not divisible by cardinality "
                     f"{self.cardinality}"
                 )

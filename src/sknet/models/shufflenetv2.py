@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError
 from sknet.layers.se import SEModule
 from sknet.layers.sk import SKConv
 from sknet.models._base import ClassifierHead, SKNetModel
@@ -52,15 +53,15 @@ class ShuffleNetV2Config:
 
     def validate(self) -> None:
         if len(self.stage_out) != len(self.stage_repeats) + 2:
-            raise ValueError(
+            raise ConfigError(
                 f"stage_out needs {len(self.stage_repeats) + 2} widths (stem, one per stage, "
                 f"last conv), got {self.stage_out}"
             )
         if self.unit not in ("plain", "se", "sk"):
-            raise ValueError(f"unknown unit {self.unit!r}")
+            raise ConfigError(f"unknown unit {self.unit!r}")
         for c in self.stage_out[1:-1]:
             if c % 2:
-                raise ValueError(f"stage widths must be even (channel split), got {c}")
+                raise ConfigError(f"stage widths must be even (channel split), got {c}")
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -106,11 +107,11 @@ class ShuffleUnit(nn.Module):
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
+            raise ConfigError(f"stride must be 1 or 2, got {stride}")
         self.stride = stride
         half = cout // 2
         if stride == 1 and cin != cout:
-            raise ValueError("a stride-1 unit needs equal input and output widths")
+            raise ConfigError("a stride-1 unit needs equal input and output widths")
         self.branch1: nn.Module = (
             nn.Sequential(OrderedDict(dw=_dw(cin, stride, cfg, kind), pw=_pw(cin, half)))
             if stride == 2

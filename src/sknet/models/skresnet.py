@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError
 from sknet.layers.sk import BranchSpec, SKConv
 from sknet.models._base import ClassifierHead, SKNetModel
 from sknet.models.resnext import ConvNormAct, _init_weights
@@ -41,7 +42,7 @@ def make_divisible(value: float, divisor: int, round_limit: float = 0.9) -> int:
     one ``divisor`` where rounding would lose more than ``1 - round_limit`` of it (timm's rule).
     """
     if divisor < 1:
-        raise ValueError(f"divisor must be >= 1, got {divisor}")
+        raise ConfigError(f"divisor must be >= 1, got {divisor}")
     out = max(divisor, int(value + divisor / 2) // divisor * divisor)
     if out < round_limit * value:
         out += divisor
@@ -72,15 +73,15 @@ class SKResNetConfig:
     def validate(self) -> None:
         n = len(self.layers)
         if n < 1 or any(u < 1 for u in self.layers):
-            raise ValueError(f"layers must be positive unit counts, got {self.layers}")
+            raise ConfigError(f"layers must be positive unit counts, got {self.layers}")
         if len(self.stage_out) != n:
-            raise ValueError(f"stage_out needs {n} widths (one per stage), got {self.stage_out}")
+            raise ConfigError(f"stage_out needs {n} widths (one per stage), got {self.stage_out}")
         if self.stem_width < 1 or any(c < 1 for c in self.stage_out):
-            raise ValueError(
+            raise ConfigError(
                 f"widths must be positive, got stem {self.stem_width}, stages {self.stage_out}"
             )
         if self.sk_attn_ratio <= 0:
-            raise ValueError(f"sk_attn_ratio must be > 0, got {self.sk_attn_ratio}")
+            raise ConfigError(f"sk_attn_ratio must be > 0, got {self.sk_attn_ratio}")
 
     def attn_dim(self, stage: int) -> int:
         return make_divisible(self.stage_out[stage] * self.sk_attn_ratio, self.sk_attn_divisor)

@@ -20,7 +20,6 @@ Fine-tuning: ``init`` names weights to start from (anything :func:`sknet.load` a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import sys
@@ -31,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sknet._json import jsonable
-from sknet._typecheck import coerce_field
+from sknet._typecheck import coerce_field, suggest
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
-from sknet.errors import ConfigError, OverrideError
+from sknet.errors import ConfigError, MissingFileError, OverrideError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -211,7 +210,7 @@ class TrainConfig:
         _need(all(x > 0 for x in self.std), f"std values must be > 0, got {list(self.std)}")
         _need(self.max_bad >= 0, f"max_bad must be >= 0, got {self.max_bad}")
         if not isinstance(self.model_overrides, dict):  # pragma: no cover - coerced above
-            raise ValueError("model_overrides must be a table of model config fields")
+            raise ConfigError("model_overrides must be a table of model config fields")
 
     def _validate_optimisation(self) -> None:
         _need(
@@ -293,7 +292,7 @@ class TrainConfig:
             return self.image_size
         if self.data == "synthetic":
             if not self.model:
-                raise ValueError("model is empty: set a model, or init (its architecture)")
+                raise ConfigError("model is empty: set a model, or init (its architecture)")
             from sknet.models import get_entry
 
             return get_entry(self.model).input_size
@@ -309,13 +308,13 @@ class TrainConfig:
         """Images per process and forward pass; raises if the global batch does not divide."""
         parts = world_size * self.grad_accum
         if self.batch_size % parts:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size={self.batch_size} (global) is not divisible by world_size "
                 f"({world_size}) x grad_accum ({self.grad_accum}) = {parts}"
             )
         mb = self.batch_size // parts
         if mb < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size={self.batch_size} gives {mb} image(s) per process and micro-batch; "
                 "BatchNorm and SK attention need at least 2 (raise batch_size or lower "
                 "grad_accum / the number of processes)"
@@ -370,7 +369,7 @@ def _field_names() -> list[str]:
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -397,7 +396,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     if v is None:
-        raise ValueError("TOML has no null: use a concrete value")
+        raise ConfigError("TOML has no null: use a concrete value")
     return json.dumps(str(v))
 
 
@@ -405,8 +404,8 @@ def _unknown_key_error(keys: list[str], source: str) -> OverrideError:
     names = _field_names()
     hints = []
     for k in keys:
-        close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
-        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hint = suggest(k, names)
+        hints.append(f"{k!r} ({hint})" if hint else repr(k))
     return OverrideError(
         f"{source}: unknown config key {', '.join(hints)}; valid keys: {', '.join(names)}"
     )
@@ -430,7 +429,7 @@ def apply_overrides(
             model_over[key.split(".", 1)[1]] = value
         elif key == "model_overrides":
             if not isinstance(value, dict):
-                raise ValueError(f"{source}: model_overrides must be a table/dict, got {value!r}")
+                raise ConfigError(f"{source}: model_overrides must be a table/dict, got {value!r}")
             model_over = dict(value)
         elif key in names:
             plain[key] = value
@@ -464,24 +463,24 @@ def preset_path(name: str) -> Any:
     """The packaged TOML file of preset ``name`` (a ``Traversable``)."""
     names = list_presets()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=2, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}{hint} (presets: {', '.join(names)})")
-    return resources.files("sknet").joinpath("presets", f"{name}.toml")
+        hint = suggest(name, names, n=2, cutoff=0.5, quote=False)
+        hint = f"; {hint}" if hint else ""
+        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(names)})")
+    return resources.files("sknet").joinpath("presets").joinpath(f"{name}.toml")
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{source} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
 
 
 def load_config_file(path: str | Path, **overrides: Any) -> TrainConfig:
     """Load a user TOML config (e.g. a copied preset), then apply ``overrides``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}")
+        raise MissingFileError(f"no config file at {path}")
     values = _parse_toml(path.read_text(encoding="utf-8"), str(path))
     cfg = TrainConfig.from_dict(values, source=str(path))
     return apply_overrides(cfg, overrides, source="override") if overrides else cfg
@@ -511,11 +510,11 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         raw = raw.strip()
         try:
             value = tomllib.loads(f"v = {raw}")["v"]

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from sknet._device import resolve_device
+from sknet.errors import ConfigError, DeviceError
 
 __all__ = [
     "DistInfo",
@@ -59,7 +60,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def setup_distributed(device_preference: str = "auto") -> DistInfo:
@@ -70,7 +71,7 @@ def setup_distributed(device_preference: str = "auto") -> DistInfo:
     if world <= 1:
         return DistInfo(device=device)
     if not dist.is_available():  # pragma: no cover - torch built without distributed
-        raise RuntimeError("this torch build has no torch.distributed support")
+        raise DeviceError("this torch build has no torch.distributed support")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns = False

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sknet._device import autocast
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
-from sknet.errors import ConfigError
+from sknet.errors import ConfigError, DataError
 from sknet.train.distributed import DistInfo, all_reduce_sum
 
 log = logging.getLogger("sknet")
@@ -66,16 +66,19 @@ def evaluate(
         except StopIteration:  # pragma: no cover - parameterless model
             device = torch.device("cpu")
     device = torch.device(device)
+    batches: Iterable[Any]
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+        batches = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    else:
+        batches = data  # a DataLoader or any iterable of batches
     if progress:
         from tqdm.auto import tqdm
 
-        data = tqdm(data, desc=desc, leave=False, dynamic_ncols=True)
+        batches = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
     was_training = model.training
     model.eval()
     try:
-        sums, num_classes, bad = _sums(model, data, device, amp, channels_last)
+        sums, num_classes, bad = _sums(model, batches, device, amp, channels_last)
     finally:
         model.train(was_training)
     n_local = round(float(sums[3]))
@@ -127,7 +130,7 @@ def _metrics(sums: torch.Tensor, num_classes: int) -> dict[str, Any]:
     loss, c1, c5, n = (float(x) for x in sums.cpu())
     n_int = round(n)
     if n_int == 0:
-        raise ValueError("evaluate: the data is empty (or every image was unreadable)")
+        raise DataError("evaluate: the data is empty (or every image was unreadable)")
     return {
         "top1_err": 100.0 * (1.0 - c1 / n),
         # With 5 classes or fewer every label is in the top 5: the figure says nothing.
@@ -178,7 +181,7 @@ def evaluate_source(
         "top5_err", "loss", "n"}, ...]}``.
     """
     if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+        raise ConfigError(f"threads must be >= 0, got {threads}")
     saved_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -275,16 +278,16 @@ def _eval_data(
     cfg = info.get("config") or {}
     data = data or info.get("data") or ("imagefolder" if record.preprocess.resize else None)
     if not data:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: the weights do not say which data they were trained on; pass --data"
         )
     if data not in DATASET_NAMES:
-        raise ValueError(f"unknown data {data!r}; expected {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"unknown data {data!r}; expected {', '.join(DATASET_NAMES)}")
     same_data = data == info.get("data")
     if data_dir is None and same_data:
         data_dir = info.get("data_dir") or cfg.get("data_dir") or None
     if data != "synthetic" and not data_dir:
-        raise ValueError(f"data={data!r} needs a data directory: pass --data-dir DIR")
+        raise ConfigError(f"data={data!r} needs a data directory: pass --data-dir DIR")
     return data, data_dir, same_data
 
 

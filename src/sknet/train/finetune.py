@@ -111,7 +111,7 @@ def init_state(
         record.classes is not None
         and classes is not None
         and tuple(record.classes) == tuple(classes)
-        and record.num_classes == model.num_classes  # type: ignore[attr-defined]
+        and record.num_classes == model.num_classes
     )
     if not keep_head:
         for k in classifier_keys(source):
@@ -123,7 +123,7 @@ def init_state(
         "init %s: %s weights, %s classifier%s",
         cfg.init,
         record.name,
-        "their" if keep_head else f"a new {model.num_classes}-class",  # type: ignore[attr-defined]
+        "their" if keep_head else f"a new {model.num_classes}-class",
         ""
         if keep_head
         else f" (they have {record.num_classes} classes"

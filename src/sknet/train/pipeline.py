@@ -128,7 +128,7 @@ class PositionedSampler(DistributedSampler):
         self.set_epoch(epoch)
         self.start = int(start)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = list(super().__iter__())
         for i in indices[self.start :]:
             yield (int(i), sample_seed(self.seed, self.epoch, int(i)))
@@ -201,7 +201,7 @@ def make_eval_dataset(
     mean = tuple(d_mean if mean is None else mean)
     std = tuple(d_std if std is None else std)
     if data != "synthetic" and not data_dir:
-        raise ValueError(f"data={data!r} needs a data directory (--data-dir DIR)")
+        raise ConfigError(f"data={data!r} needs a data directory (--data-dir DIR)")
     base = build_dataset(
         data,
         data_dir=data_dir or None,
@@ -274,7 +274,7 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     kind, (mean, std) = _stats(cfg.data)
     mean, std = cfg.mean or mean, cfg.std or std  # e.g. the fine-tuning init weights' own
     if cfg.data != "synthetic" and not cfg.data_dir:
-        raise ValueError(
+        raise ConfigError(
             f"data={cfg.data!r} needs a data directory: pass --data-dir DIR (nothing is downloaded)"
         )
     base = build_dataset(
@@ -285,13 +285,13 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         transform=None,
         num_samples=cfg.num_samples if cfg.data == "synthetic" else None,
         seed=cfg.seed,
-        scale_range=tuple(cfg.scale_range),
+        scale_range=cfg.scale_range,
         max_bad=cfg.max_bad,
     )
     if cfg.data == "synthetic" and cfg.cache_data:
         base = _maybe_cache(base, size)
     if kind == "imagenet":
-        tf = train_transform(kind, size, crop_scale=tuple(cfg.crop_scale), mean=mean, std=std)
+        tf = train_transform(kind, size, crop_scale=cfg.crop_scale, mean=mean, std=std)
     else:
         tf = train_transform(kind, size if kind != "synthetic" else None, mean=mean, std=std)
     train = SeededTransformDataset(base, tf)
@@ -303,7 +303,7 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         std=std,
         num_samples=cfg.val_samples,
         seed=cfg.seed,
-        scale_range=tuple(cfg.scale_range),
+        scale_range=cfg.scale_range,
         max_bad=cfg.max_bad,
         cache=cfg.cache_data,
     )

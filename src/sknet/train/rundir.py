@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet._files import RunLock, atomic_write_text, path_error
-from sknet.errors import ConfigError, RunDirError
+from sknet.errors import ConfigError, MissingFileError, OutputError, RunDirError
 from sknet.train.config import TrainConfig
 
 __all__ = [
@@ -87,22 +87,22 @@ CSV_FIELDS = (
 def check_resumable(run_dir: Path) -> None:
     """Raise ``FileNotFoundError`` unless ``run_dir`` holds a run (its ``config.toml``)."""
     if not run_dir.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot resume: {run_dir} is not a run directory (it does not exist)"
         )
     if not (run_dir / "config.toml").is_file():
-        raise FileNotFoundError(f"cannot resume: {run_dir} is not a run directory (no config.toml)")
+        raise MissingFileError(f"cannot resume: {run_dir} is not a run directory (no config.toml)")
 
 
 def check_new_run_dir(run_dir: Path) -> None:
     """Raise ``ValueError`` when ``run_dir`` is a file or already holds a run."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
+        raise OutputError(f"run directory {run_dir} exists and is not a directory")
     taken = [
         p for p in ("config.toml", "checkpoints", "model.safetensors") if (run_dir / p).exists()
     ]
     if taken:
-        raise ValueError(
+        raise OutputError(
             f"{run_dir} already holds a run ({', '.join(taken)}); resume it with --resume "
             f"{run_dir} or choose another --out"
         )
@@ -139,7 +139,7 @@ def check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
     )
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume with a different config ({shown}); only "
             f"{', '.join(sorted(RESUME_MUTABLE_KEYS))} may change"
         )
@@ -198,7 +198,7 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
         with open(path, "x", encoding="utf-8") as fh:
             fh.write(cfg.to_toml())
     except FileExistsError:
-        raise ValueError(
+        raise OutputError(
             f"{run_dir} was taken by another run meanwhile; choose another --out"
         ) from None
     except OSError as exc:  # a full disk, a read-only folder: name the file, say why

@@ -45,10 +45,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sknet import errors
 from sknet._device import autocast
 from sknet._files import RunLock
 from sknet._json import jsonable
-from sknet.errors import NonFiniteLossError
+from sknet.errors import (
+    ConfigError,
+    CorruptImageError,
+    DataError,
+    FileFormatError,
+    InputTypeError,
+    NonFiniteLossError,
+    SKNetError,
+    TrainingError,
+)
+from sknet.models._base import SKNetModel
 from sknet.train import rundir
 from sknet.train.checkpoint import (
     capture_rng_state,
@@ -159,27 +170,49 @@ def _clean_loader_error(exc: BaseException) -> BaseException:
 
 
 def _on_main(fn: Any, dist: DistInfo) -> Any:
-    """Run ``fn`` on rank 0 and give every rank its result, or raise its error on every rank."""
+    """Run ``fn`` on rank 0 and give every rank its result, or raise its error on every rank.
+
+    Rank 0 raises the original exception; the other ranks raise the same sknet error class
+    (a plain built-in for any other exception) with the same message.
+    """
     if not dist.distributed:
         return fn()
     result: Any = None
     error: tuple[str, str] | None = None
+    original: BaseException | None = None
     if dist.is_main:
         try:
             result = fn()
         except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as exc:
             error = (type(exc).__name__, str(exc))
+            original = exc
     result, error = broadcast_object((result, error), dist)
     if error is not None:
-        kind = {"TypeError": TypeError, "FileNotFoundError": FileNotFoundError}.get(
-            error[0], ValueError if error[0] != "RuntimeError" else RuntimeError
-        )
-        raise kind(error[1])
+        if original is not None:
+            raise original
+        raise _error_named(*error)
     return result
 
 
+def _error_named(name: str, message: str) -> Exception:
+    """An exception of the class called ``name`` (an sknet error or a built-in) with
+    ``message``: rank 0's error, raised again on the other ranks."""
+    cls = getattr(errors, name, None) if name in errors.__all__ else None
+    if isinstance(cls, type) and issubclass(cls, SKNetError) and cls is not CorruptImageError:
+        return cls(message)
+    if name == "CorruptImageError":
+        return FileFormatError(message)
+    builtin = {
+        "TypeError": TypeError,
+        "FileNotFoundError": FileNotFoundError,
+        "KeyError": KeyError,
+        "RuntimeError": RuntimeError,
+    }
+    return builtin.get(name, ValueError)(message)
+
+
 def _model_meta(
-    cfg: TrainConfig, model: nn.Module, data: DataBundle, provenance: dict[str, Any]
+    cfg: TrainConfig, model: SKNetModel, data: DataBundle, provenance: dict[str, Any]
 ) -> dict[str, Any]:
     """What a checkpoint records about the network and its inputs (read by sknet.load)."""
     from sknet.weights import arch_config_of
@@ -260,9 +293,9 @@ class _Trainer:
 
     def check_engine(self) -> None:
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
+            raise ConfigError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
         if self.cfg.sync_bn and self.dist.distributed and self.device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
+            raise ConfigError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernels)")
 
     # ----------------------------------------------------------------------- build
 
@@ -274,7 +307,7 @@ class _Trainer:
         self.data = build_data(cfg)
         self.num_classes = cfg.num_classes or self.data.num_classes
         if cfg.num_classes and cfg.num_classes != self.data.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"num_classes={cfg.num_classes} but {cfg.data} has {self.data.num_classes} classes"
             )
         self.build_model(ckpt)
@@ -283,7 +316,7 @@ class _Trainer:
         micro = (self.sampler.num_samples // self.mb) // cfg.grad_accum * cfg.grad_accum
         self.micro_per_epoch, self.steps_per_epoch = micro, micro // cfg.grad_accum
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise DataError(
                 f"{len(self.data.train)} training samples give no full batch of "
                 f"{cfg.batch_size}; lower batch_size or raise num_samples"
             )
@@ -299,8 +332,10 @@ class _Trainer:
         # Every rank seeds alike here, so every rank starts from the same weights.
         seed_everything(cfg.seed)
         model = create_model(cfg.model, num_classes=self.num_classes, **dict(cfg.model_overrides))
+        # An internal invariant, not a user error: without features_only it is a classifier.
+        assert isinstance(model, SKNetModel)
         if data.image_size < model.min_input_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {data.image_size} is below {cfg.model}'s minimum input "
                 f"{model.min_input_size}"
             )
@@ -747,7 +782,7 @@ class _Trainer:
             log.warning("skipped unreadable image %s (%d so far)", name, len(st.bad_files))
         if len(st.bad_files) > self.cfg.max_bad:
             first = ", ".join(st.bad_files[:5])
-            raise RuntimeError(
+            raise TrainingError(
                 f"{len(st.bad_files)} unreadable images, more than max_bad={self.cfg.max_bad} "
                 f"(first: {first}); fix or remove them, or raise max_bad"
             )
@@ -888,7 +923,7 @@ def train(
     caller created it.
     """
     if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"train() needs a TrainConfig, got {type(cfg).__name__}")
+        raise InputTypeError(f"train() needs a TrainConfig, got {type(cfg).__name__}")
     cfg = apply_overrides(cfg, {}, source="config")  # re-validate
     run_dir = Path(run_dir)
     dist = setup_distributed(cfg.device)
