@@ -42,8 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sknet import train as _train_mod
+from sknet._files import atomic_save
 from sknet._json import jsonable
+from sknet.complexity import complexity
+from sknet.data import SyntheticShapes
 from sknet.errors import ConfigError, MissingFileError, OutputError, TrainingError
+from sknet.models import create_model, get_entry, list_models
 
 __all__ = [
     "EXPERIMENTS",
@@ -99,8 +104,6 @@ class Experiment:
 
 
 def _base_config(base: str) -> Any:
-    from sknet.models import get_entry
-
     entry = get_entry(base)
     cfg = entry.config
     if not hasattr(cfg, "sk_branches") or not hasattr(cfg, "block"):
@@ -130,8 +133,6 @@ def _scaled_groups(paper_groups: int, base: str) -> int:
 def resolve_base(base: str, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A registered model equal to ``base`` + ``overrides`` (e.g. sknet_tiny + block=plain ->
     resnext_tiny), else ``(base, overrides)`` unchanged."""
-    from sknet.models import get_entry, list_models
-
     entry = get_entry(base)
     try:
         target = dataclasses.replace(entry.config, **overrides)
@@ -288,16 +289,12 @@ def experiment_rows(name: str, base: str) -> list[AblationRow]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from sknet.weights import atomic_save
-
     atomic_save(lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), path)
 
 
 def _complexity(row: AblationRow, num_classes: int, image_size: int | None) -> dict[str, int]:
-    import sknet
-
-    model = sknet.create_model(row.model, num_classes=num_classes, **row.overrides)
-    c = sknet.complexity(model, image_size)
+    model = create_model(row.model, num_classes=num_classes, **row.overrides)
+    c = complexity(model, image_size)
     return {"params": c.params, "macs": c.macs, "input_size": c.input_size}
 
 
@@ -507,8 +504,6 @@ def run_ablation(
         ValueError: unknown experiment, empty seeds, or a finished run in ``out_dir`` made with
             different settings (use a new folder).
     """
-    from sknet import train as _train_mod
-
     default_train = _train_mod.train
     make_config = make_config or _train_mod.load_preset
     train_fn = train_fn or default_train
@@ -719,10 +714,8 @@ def _train_worker(
     """Entry point of a worker process: rebuild the config, train one run, report back."""
     _exit_with_parent()
     try:
-        from sknet.train import TrainConfig, train
-
-        cfg = TrainConfig.from_dict(cfg_dict, source="ablation worker")
-        summary = jsonable(train(cfg, run_dir=run_dir, resume=resume, progress=False))
+        cfg = _train_mod.TrainConfig.from_dict(cfg_dict, source="ablation worker")
+        summary = jsonable(_train_mod.train(cfg, run_dir=run_dir, resume=resume, progress=False))
     except Exception as exc:  # reported to the parent, which stops the sweep
         messages.put((job, False, f"{type(exc).__name__}: {exc}"))
         return
@@ -755,8 +748,6 @@ def _data_shape(cfg: Any) -> tuple[int, int]:
     if cfg.num_classes:
         return int(cfg.num_classes), image_size
     if cfg.data == "synthetic":
-        from sknet.data import SyntheticShapes
-
         return SyntheticShapes.num_classes, image_size
     if cfg.data in ("cifar10", "cifar100"):
         return (10 if cfg.data == "cifar10" else 100), image_size

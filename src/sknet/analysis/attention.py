@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from sknet.errors import ConfigError, DataError, FileFormatError, InputError, InputTypeError
+from sknet.models import capture_attention, sk_units
 
 __all__ = [
     "FORMAT",
@@ -340,8 +341,6 @@ def unit_infos(model: nn.Module) -> dict[str, UnitInfo]:
     Raises:
         ValueError: the model has no such unit (a ResNeXt/SENet, or SK with plain summation).
     """
-    from sknet.models import sk_units
-
     units = sk_units(model)
     out: dict[str, UnitInfo] = {}
     for name, mod in units.items():
@@ -575,8 +574,6 @@ def collect_attention(
         ValueError: model without analysable SK units, a label out of range, no images, or a
             non-finite attention value.
     """
-    from sknet.models import capture_attention
-
     zs = check_zooms(zooms)
     units = unit_infos(model)
     k = len(classes)

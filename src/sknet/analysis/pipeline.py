@@ -28,7 +28,13 @@ from sknet.analysis.attention import (
 )
 from sknet.analysis.plots import plot_all
 from sknet.analysis.report import paper_pattern, write_report
-from sknet.data import DEFAULT_SCALE_RANGE
+from sknet.data import (
+    DEFAULT_SCALE_RANGE,
+    SyntheticShapes,
+    build_dataset,
+    eval_resize_size,
+    normalization,
+)
 from sknet.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_ZOOMS", "Views", "build_views", "run_analysis"]
@@ -114,8 +120,6 @@ def _synthetic_views(
     selection: str,
 ) -> Views:
     """:func:`build_views` for ``data="synthetic"``: objects re-rendered at each zoom."""
-    from sknet.data import SyntheticShapes, normalization
-
     lo, hi = train_scale_range if train_scale_range is not None else DEFAULT_SCALE_RANGE
     pool = SyntheticShapes(
         num_samples=max(num_images * _SYNTHETIC_POOL_FACTOR, 1000),
@@ -151,8 +155,6 @@ def _photo_views(
     crop_ratio: float,
 ) -> Views:
     """:func:`build_views` for photos (imagefolder / CIFAR): centre crop and resize per zoom."""
-    from sknet.data import build_dataset, eval_resize_size, normalization
-
     raw = build_dataset(data, data_dir=data_dir, split=split, transform=None)
     kind = "imagenet" if data == "imagefolder" else data
     d_mean, d_std = normalization(kind)

@@ -33,6 +33,7 @@ from sknet._json import jsonable
 from sknet._typecheck import coerce_field, suggest
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError, MissingFileError, OverrideError
+from sknet.models import get_entry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -183,8 +184,6 @@ class TrainConfig:
 
     def _validate_model_and_data(self) -> None:
         if self.model:
-            from sknet.models import get_entry
-
             get_entry(self.model)  # unknown model -> ValueError with suggestions
         _need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         _need(self.freeze_stages >= -1, f"freeze_stages must be >= -1, got {self.freeze_stages}")
@@ -293,7 +292,6 @@ class TrainConfig:
         if self.data == "synthetic":
             if not self.model:
                 raise ConfigError("model is empty: set a model, or init (its architecture)")
-            from sknet.models import get_entry
 
             return get_entry(self.model).input_size
         return 32 if self.data.startswith("cifar") else 224

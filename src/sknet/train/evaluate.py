@@ -19,9 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sknet._device import autocast
-from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet._limits import check_image_side
+from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE, align_classes, eval_resize_size
 from sknet.errors import ConfigError, DataError
-from sknet.train.distributed import DistInfo, all_reduce_sum
+from sknet.loading import load
+from sknet.train.distributed import DistInfo, all_reduce_sum, resolve_device
+from sknet.train.pipeline import eval_loader, make_eval_dataset
 
 log = logging.getLogger("sknet")
 
@@ -205,12 +208,6 @@ def _evaluate_source(
     amp: str,
     progress: bool,
 ) -> dict[str, Any]:
-    from sknet._limits import check_image_side
-    from sknet.data import eval_resize_size
-    from sknet.loading import load
-    from sknet.train.distributed import resolve_device
-    from sknet.train.pipeline import eval_loader
-
     if sizes is not None:  # before loading anything: a huge size would ask for tens of GiB
         sizes = [check_image_side(s, "sizes", config=True) for s in sizes]
     model, record = load(source)
@@ -300,8 +297,6 @@ def _eval_dataset(
     val_samples: int | None,
 ) -> Any:
     """The evaluation split at ``size``, prepared as the weights expect, classes matched."""
-    from sknet.train.pipeline import make_eval_dataset
-
     info = record.info()
     cfg = info.get("config") or {}
     own_pre = _own_preprocessing(record, data, same_data)
@@ -340,7 +335,6 @@ def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> Non
     """Match the evaluation folder's classes to the model's by name (imagefolder data)."""
     if data != "imagefolder":
         return
-    from sknet.data import align_classes
 
     if record.classes is None:
         log.warning(

@@ -24,6 +24,8 @@ from torch import nn
 
 from sknet._json import jsonable
 from sknet.errors import ConfigError
+from sknet.loading import check_state_fits, load
+from sknet.models import get_entry
 from sknet.train.checkpoint import weights_digest
 from sknet.train.config import TrainConfig
 
@@ -35,8 +37,6 @@ log = logging.getLogger("sknet.train")
 def _load_source(source: str) -> tuple[nn.Module, Any]:
     """``sknet.load(source)`` without touching the global RNGs (building a model draws from
     them; a run's own seeding must not depend on whether it was initialised from weights)."""
-    from sknet.loading import load
-
     with torch.random.fork_rng(devices=[]):
         return load(source)
 
@@ -44,8 +44,6 @@ def _load_source(source: str) -> tuple[nn.Module, Any]:
 def _arch_overrides(name: str, arch: dict[str, Any]) -> dict[str, Any]:
     """The fields of ``arch`` that differ from the registry defaults of ``name``."""
     import dataclasses
-
-    from sknet.models import get_entry
 
     default = get_entry(name).config
     base = {f.name: jsonable(getattr(default, f.name)) for f in dataclasses.fields(default)}
@@ -103,8 +101,6 @@ def init_state(
 
     Raises :class:`~sknet.errors.FileFormatError` naming the first tensor that does not fit.
     """
-    from sknet.loading import check_state_fits
-
     source, record = _load_source(cfg.init)
     state = dict(source.state_dict())
     keep_head = (

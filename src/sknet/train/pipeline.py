@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sknet.data import DEFAULT_SCALE_RANGE
+from sknet.data import (
+    DEFAULT_SCALE_RANGE,
+    align_classes,
+    build_dataset,
+    eval_transform,
+    normalization,
+    train_transform,
+)
 from sknet.errors import ConfigError
 from sknet.train.config import TrainConfig
 
@@ -165,8 +172,6 @@ class DataBundle:
 
 
 def _stats(cfg_data: str) -> tuple[str, tuple[Any, Any]]:
-    from sknet.data import normalization
-
     kind = {"imagefolder": "imagenet"}.get(cfg_data, cfg_data)
     return kind, normalization(kind)
 
@@ -195,8 +200,6 @@ def make_eval_dataset(
     ``image_size``. CIFAR: the 32x32 image (resized for another size). Synthetic: rendered
     natively at ``image_size``.
     """
-    from sknet.data import build_dataset, eval_transform
-
     kind, (d_mean, d_std) = _stats(data)
     mean = tuple(d_mean if mean is None else mean)
     std = tuple(d_std if std is None else std)
@@ -268,8 +271,6 @@ def _maybe_cache(base: Any, image_size: int) -> Any:
 def build_data(cfg: TrainConfig) -> DataBundle:
     """Train and val datasets of ``cfg`` (raises ``ValueError``/``FileNotFoundError`` for user
     errors such as a missing data directory)."""
-    from sknet.data import build_dataset, train_transform
-
     size = cfg.resolved_image_size()
     kind, (mean, std) = _stats(cfg.data)
     mean, std = cfg.mean or mean, cfg.std or std  # e.g. the fine-tuning init weights' own
@@ -309,8 +310,6 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     )
     classes = tuple(str(c) for c in getattr(base, "classes", None) or ())
     if cfg.data == "imagefolder":
-        from sknet.data import align_classes
-
         if len(classes) < 2:
             raise ConfigError(
                 f"{cfg.data_dir}/train has {len(classes)} class folder "

@@ -49,6 +49,7 @@ from sknet import errors
 from sknet._device import autocast
 from sknet._files import RunLock
 from sknet._json import jsonable
+from sknet.complexity import complexity
 from sknet.errors import (
     ConfigError,
     CorruptImageError,
@@ -59,6 +60,8 @@ from sknet.errors import (
     SKNetError,
     TrainingError,
 )
+from sknet.loading import default_preprocess
+from sknet.models import create_model
 from sknet.models._base import SKNetModel
 from sknet.train import rundir
 from sknet.train.checkpoint import (
@@ -90,6 +93,7 @@ from sknet.train.pipeline import (
 )
 from sknet.train.rundir import RESUME_MUTABLE_KEYS, pct
 from sknet.train.state import TrainState
+from sknet.weights import arch_config_of, save_weights
 
 __all__ = [
     "RESUME_MUTABLE_KEYS",
@@ -215,8 +219,6 @@ def _model_meta(
     cfg: TrainConfig, model: SKNetModel, data: DataBundle, provenance: dict[str, Any]
 ) -> dict[str, Any]:
     """What a checkpoint records about the network and its inputs (read by sknet.load)."""
-    from sknet.weights import arch_config_of
-
     meta = {
         "model": cfg.model,
         "num_classes": int(model.num_classes),
@@ -326,8 +328,6 @@ class _Trainer:
         )
 
     def build_model(self, ckpt: dict[str, Any] | None) -> None:
-        from sknet import complexity, create_model
-
         cfg, dist, data = self.cfg, self.dist, self.data
         # Every rank seeds alike here, so every rank starts from the same weights.
         seed_everything(cfg.seed)
@@ -846,9 +846,6 @@ class _Trainer:
         return summary
 
     def write_final(self, summary: dict[str, Any]) -> None:
-        from sknet.loading import default_preprocess
-        from sknet.weights import save_weights
-
         cfg, meta = self.cfg, self.meta
         save_weights(
             self.model,
