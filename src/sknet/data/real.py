@@ -417,8 +417,10 @@ def load_image(path: PathLike) -> Image.Image:
         raise FileFormatError(
             f"{path}: {_first_line(exc)} (refused: PIL.Image.MAX_IMAGE_PIXELS)"
         ) from None
-    except FileFormatError:
+    except CorruptImageError:
         raise
+    except FileFormatError as exc:  # to_rgb's refusal (a mode or range it cannot convert)
+        raise CorruptImageError(path, _first_line(exc)) from exc
     except MemoryError:
         raise CorruptImageError(path, "too large to decode in memory") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
