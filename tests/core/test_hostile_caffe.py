@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import sknet
-from sknet import convert_caffe
+from sknet.hub import caffe as convert_caffe
 from sknet.convert_caffe import (
     CAFFE_OVERRIDES,
     CaffeBlob,

@@ -23,6 +23,7 @@ from sknet.models._registry import (
     get_entry,
     list_models,
     register,
+    set_weights_loader,
 )
 from sknet.models.resnext import ResNeXt, ResNeXtConfig
 from sknet.models.shufflenetv2 import ShuffleNetV2, ShuffleNetV2Config
@@ -48,6 +49,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "register",
+    "set_weights_loader",
     "sk_units",
 ]
 
