@@ -14,6 +14,14 @@ the few messages that hold weights, with the field numbers of Caffe's ``caffe.pr
 
 Every other field is skipped. Packed and unpacked encodings of repeated fields are both read.
 
+This module is the wire-format reader / writer (:func:`read_caffemodel`, :func:`parse_caffemodel`,
+:func:`write_caffemodel`) and the Caffe key map: :func:`from_caffe` maps layers onto sknet's
+state dict (pure: the model is built on the ``meta`` device only, to check against);
+:func:`caffe_state` does the same for a file, :func:`caffe_model` builds the model once and
+loads it. :func:`sknet.hub.load_caffe` gives ``(model, record)`` like every loader. The Caffe
+input convention (BGR, mean 104/117/123 on 0-255 pixels, std 1) is
+:func:`sknet.preprocess.caffe_preprocess`.
+
 A caffemodel is a file from a stranger, so nothing is allocated on its say-so before it is
 checked (see :func:`parse_caffemodel` and :func:`from_caffe`): varints of at most 10 bytes and
 below 2**64, valid field numbers and wire types (groups refused), lengths within the bytes that
@@ -52,7 +60,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -628,7 +636,8 @@ def caffe_blob_map(model: torch.nn.Module) -> dict[tuple[str, int], str]:
     conv("conv1/7x7_s2", "stem.conv")
     bn("conv1/7x7_s2/bn", "stem.bn")
     for s, stage in enumerate(model.stages):
-        for u, block in enumerate(stage):
+        blocks: list[Any] = list(cast(Any, stage))
+        for u, block in enumerate(blocks):
             pre, key = f"conv{s + 2}_{u + 1}", f"stages.{s}.{u}"
             sk = block.conv2
             if not isinstance(sk, SKConv) or sk.attn is None or sk.attn.attention != "channel":
@@ -644,7 +653,7 @@ def caffe_blob_map(model: torch.nn.Module) -> dict[tuple[str, int], str]:
             for b, branch in enumerate(sk.branches):
                 if not isinstance(branch.bn, torch.nn.BatchNorm2d):
                     raise ConfigError(f"{key}: the official Caffe layout has BN in every branch")
-                name = _branch_name(branch.conv)
+                name = _branch_name(cast(Any, branch).conv)
                 conv(f"{pre}/{name}", f"{key}.conv2.branches.{b}.conv")
                 bn(f"{pre}/{name}/bn", f"{key}.conv2.branches.{b}.bn")
             conv(f"{pre}/B_fc1", f"{key}.conv2.attn.fc_reduce")
@@ -749,6 +758,7 @@ def _convert(
     num_classes = _num_classes(by_name, where)
     with torch.device("meta"):
         meta = create_model(name, num_classes=num_classes, **CAFFE_OVERRIDES)
+    assert isinstance(meta, SKNetModel)  # no features_only
     check_param_count(
         sum(p.numel() for p in meta.parameters()), where if where is not None else "caffemodel"
     )
@@ -797,7 +807,9 @@ def _convert(
     if set(dict(meta.named_buffers())) <= set(target):
         model = meta.to_empty(device="cpu")  # every tensor is filled from the file just below
     else:  # pragma: no cover - a buffer outside the state dict needs the model's own init
-        model = create_model(name, num_classes=num_classes, **CAFFE_OVERRIDES)
+        built = create_model(name, num_classes=num_classes, **CAFFE_OVERRIDES)
+        assert isinstance(built, SKNetModel)
+        model = built
     model.load_state_dict(out, strict=True)
     model.model_overrides = dict(CAFFE_OVERRIDES)  # type: ignore[assignment]
     return name, out, model.eval()

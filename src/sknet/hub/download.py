@@ -144,7 +144,7 @@ def _fetch_hub(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
     if not progress and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
         from tqdm.auto import tqdm
 
-        class _Silent(tqdm):  # type: ignore[misc,valid-type]
+        class _Silent(tqdm):
             def __init__(self, *args: Any, **kw: Any) -> None:
                 kw["disable"] = True
                 super().__init__(*args, **kw)

@@ -69,7 +69,7 @@ from sknet.hub.read import (
     require_file,
     safetensors_specs,
 )
-from sknet.hub.record import ModelRecord, make_record, with_new_head
+from sknet.hub.record import ModelRecord, make_record, num_classes_of, with_new_head
 from sknet.hub.table import (
     PretrainedCfg,
     class_names,
@@ -271,7 +271,7 @@ def _file_record(
         preprocess=meta.preprocess,
         source=str(path),
         source_kind=kind,
-        classes=classes_of(meta.classes, int(model.num_classes), path),
+        classes=classes_of(meta.classes, num_classes_of(model), path),
         data=meta.data,
         data_dir=meta.data_dir,
         train_config=meta.train_config,
@@ -415,7 +415,7 @@ def _pretrained_record(
     Class names (and ImageNet synset ids) are set only when the model keeps the weights' number
     of classes.
     """
-    classes = class_names(cfg.classes) if int(model.num_classes) == cfg.num_classes else None
+    classes = class_names(cfg.classes) if num_classes_of(model) == cfg.num_classes else None
     imagenet = classes is not None and cfg.classes == "imagenet-1k"
     return make_record(
         model,
@@ -476,7 +476,7 @@ def load_pretrained(
     cfg = get_pretrained_cfg(name_or_tag)
     path = _weights_path(cfg, checkpoint_path, cache_dir, progress)
     state, layout, width = _pretrained_state(cfg, path)
-    model = create_model(cfg.model, num_classes=width, **cfg.overrides)
+    model: nn.Module = create_model(cfg.model, num_classes=width, **cfg.overrides)
     _load_into(model, state, path)
     record = _pretrained_record(cfg, model, path, layout, verified=checkpoint_path is None)
     if num_classes is not None and num_classes != record.num_classes:
@@ -536,7 +536,7 @@ def load_caffe(
     where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "caffemodel layers"
     record = _converted_record(
         model,
-        model.model_name,
+        str(model.model_name),
         where,
         preprocess=Preprocess.from_dict(caffe.CAFFE_PREPROCESS),
         model_overrides=dict(caffe.CAFFE_OVERRIDES),
@@ -571,7 +571,7 @@ def convert_file(path: str | os.PathLike, source: str, name: str | None = None) 
     if source == "caffe":
         model = caffe.caffe_model(path, name)
         meta = caffe.caffe_metadata(path)
-        return Converted(model, model.model_name, dict(caffe.CAFFE_OVERRIDES), meta)
+        return Converted(model, str(model.model_name), dict(caffe.CAFFE_OVERRIDES), meta)
     if source not in ("timm", "torchvision"):
         raise ConfigError(f"unknown source {source!r}: expected one of {', '.join(SOURCES)}")
     state = read_state_dict(path)
@@ -579,7 +579,7 @@ def convert_file(path: str | os.PathLike, source: str, name: str | None = None) 
         model, _ = _load_mapped(state, source, name)
     except ValueError as exc:  # ConfigError / FileFormatError of the key map, naming keys
         raise FileFormatError(f"{path}: {exc}") from None
-    return Converted(model, model.model_name, {}, {"converted_from": f"{source}:{path.name}"})
+    return Converted(model, str(model.model_name), {}, {"converted_from": f"{source}:{path.name}"})
 
 
 # ----------------------------------------------------------------------------------- create_model
@@ -646,15 +646,15 @@ def prepare_weights(
     else:
         meta = read_weights_meta(file)
         state = _weights_state(file, meta)
-    width = meta.num_classes
-    if width is None:
+    file_width = meta.num_classes
+    if file_width is None:  # a format-1 file without num_classes: its classifier's width
         fc = state.get("head.fc.weight")
-        width = int(fc.shape[0]) if fc is not None else get_entry(name).paper_num_classes
+        file_width = int(fc.shape[0]) if fc is not None else get_entry(name).paper_num_classes
 
     def file_record(model: nn.Module) -> ModelRecord:
         return _file_record(model, meta, file, kind)
 
-    return PreparedWeights(state, width, dict(overrides), str(file), file_record)
+    return PreparedWeights(state, file_width, dict(overrides), str(file), file_record)
 
 
 set_weights_loader(prepare_weights)

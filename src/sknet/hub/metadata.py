@@ -79,6 +79,7 @@ def weights_metadata(
 ) -> dict[str, str]:
     """The metadata of a weights file of ``model`` (see the module docs); arguments as
     :func:`save_weights`."""
+    m: Any = model
     if getattr(model, "sknet_deployed", False):  # sknet.deploy marks the models it folds
         raise ConfigError(
             "save_weights: this model came out of sknet.deploy (BatchNorm folded, "
@@ -93,7 +94,7 @@ def weights_metadata(
         classes = getattr(model, "class_names", None)
     if classes is not None:
         classes = [str(c) for c in classes]
-        if len(classes) != int(model.num_classes):
+        if len(classes) != int(m.num_classes):
             raise ConfigError(
                 f"save_weights: {len(classes)} class names for a model with "
                 f"{model.num_classes} classes"
@@ -104,8 +105,8 @@ def weights_metadata(
         "sknet_format": WEIGHTS_FORMAT,
         "sknet_format_version": str(WEIGHTS_FORMAT_VERSION),
         "sknet_model": str(name),
-        "num_classes": str(int(model.num_classes)),
-        "in_chans": str(int(model.in_chans)),
+        "num_classes": str(int(m.num_classes)),
+        "in_chans": str(int(m.in_chans)),
         "model_overrides": json.dumps(jsonable(dict(overrides))),
     }
     if arch is not None:

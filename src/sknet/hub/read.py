@@ -25,6 +25,7 @@ missing file is a :class:`~sknet.errors.MissingFileError` (a ``FileNotFoundError
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def safetensors_specs(path: Path) -> dict[str, _Spec]:
     return specs
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a safetensors file (empty dict when it has none); no tensor is read."""
     path = Path(path)
     if not path.is_file():
@@ -310,7 +311,7 @@ def require_file(
 _STATE_KEYS = ("state_dict", "model", "model_state")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a weights file, read safely and bounded.
 
     safetensors (by suffix or content; the header is validated against the file's size by
@@ -359,7 +360,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
     """An sknet training checkpoint, read on the CPU (``weights_only=True``), bounded.
 
     Before anything is read, the zip directory is checked (entries stored uncompressed, their

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import nn
 
@@ -13,7 +13,14 @@ from sknet._json import jsonable
 from sknet.errors import ConfigError
 from sknet.preprocess import Preprocess
 
-__all__ = ["ModelRecord", "SourceKind", "arch_config_of", "make_record", "with_new_head"]
+__all__ = [
+    "ModelRecord",
+    "SourceKind",
+    "arch_config_of",
+    "make_record",
+    "num_classes_of",
+    "with_new_head",
+]
 
 log = logging.getLogger("sknet")
 
@@ -78,6 +85,11 @@ def arch_config_of(model: nn.Module) -> dict[str, Any] | None:
     return {f.name: jsonable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
+def num_classes_of(model: nn.Module) -> int:
+    """The classifier width of an sknet model."""
+    return int(cast(Any, model).num_classes)
+
+
 def make_record(
     model: nn.Module,
     *,
@@ -95,11 +107,12 @@ def make_record(
 ) -> ModelRecord:
     """The record of ``model`` (architecture, classes, input channels read from it), attached
     to it as ``model.model_overrides`` / ``model.class_names``."""
+    m = cast(Any, model)
     record = ModelRecord(
         name=name,
         arch=arch_config_of(model) or {},
-        num_classes=int(model.num_classes),
-        in_chans=int(model.in_chans),
+        num_classes=int(m.num_classes),
+        in_chans=int(m.in_chans),
         preprocess=preprocess,
         source=source,
         source_kind=source_kind,
@@ -111,8 +124,8 @@ def make_record(
         model_overrides=dict(model_overrides or {}),
         provenance=dict(provenance or {}),
     )
-    model.model_overrides = dict(record.model_overrides)
-    model.class_names = record.classes
+    m.model_overrides = dict(record.model_overrides)
+    m.class_names = record.classes
     return record
 
 
@@ -128,7 +141,8 @@ def with_new_head(
         record.num_classes,
         num_classes,
     )
-    model.reset_classifier(num_classes)  # type: ignore[operator]
-    model.class_names = None
+    m = cast(Any, model)
+    m.reset_classifier(num_classes)
+    m.class_names = None
     record = dataclasses.replace(record, num_classes=num_classes, classes=None, class_ids=None)
     return model, record

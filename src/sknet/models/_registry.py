@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import os
 import typing
@@ -11,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sknet._suggest import close_names, with_suggestion
 from sknet._typecheck import coerce_field
 from sknet.errors import ConfigError, DependencyError, OverrideError
 from sknet.models._base import SKNetModel
@@ -119,7 +119,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+        close = close_names(name, _REGISTRY, n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"unknown model {name!r}{hint} (see sknet.list_models() for all {len(_REGISTRY)} names)"
@@ -133,10 +133,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, fields, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [with_suggestion(k, fields) for k in unknown]
         raise OverrideError(
             f"create_model({name!r}): unknown override {', '.join(hints)}; valid overrides "
             f"are {', '.join(sorted(fields))}"
@@ -219,7 +216,7 @@ def create_model(
     config = apply_overrides(entry.config, dict(overrides), name)
     model = entry.builder(config, num_classes=width, in_chans=in_chans)
     model.model_name = name  # type: ignore[assignment]
-    model.model_config = config  # type: ignore[assignment]  # the resolved architecture
+    model.model_config = config  # the resolved architecture
     if weights is not None:  # built once, then loaded
         weights.load_into(model, num_classes)
     if frozen_stages != -1:
