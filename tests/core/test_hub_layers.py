@@ -13,7 +13,9 @@ import torch
 import sknet
 from sknet.errors import DependencyError
 from sknet.hub import load_model, load_timm, load_weights, save_weights
+from sknet.hub.metadata import checkpoint_meta, read_checkpoint_meta, read_weights_meta
 from sknet.models import _registry
+from sknet.train.checkpoint import save_checkpoint
 
 SRC = Path(sknet.__file__).parent
 
@@ -86,3 +88,26 @@ def test_every_loader_returns_model_and_record(tmp_path: Path) -> None:
     model, record = load_timm(ref.state_dict(), "skresnet18")
     assert isinstance(model, sknet.SKNetModel) and record.source_kind == "converted"
     assert record.num_classes == 4 and record.name == "skresnet18"
+
+
+def test_one_metadata_schema_for_weights_and_checkpoints(tmp_path: Path) -> None:
+    model = sknet.create_model("sknet_tiny", num_classes=3)
+    classes = ["a", "b", "c"]
+    meta = checkpoint_meta(
+        model,
+        name="sknet_tiny",
+        overrides={},
+        classes=classes,
+        image_size=32,
+        data="synthetic",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+    ck = tmp_path / "c.pt"
+    save_checkpoint({"model": model.state_dict(), "meta": meta}, ck)
+    from_ck = read_checkpoint_meta(torch.load(ck, weights_only=True), ck)
+    w = save_weights(model, tmp_path / "w.safetensors", preprocess=from_ck.preprocess)
+    from_w = read_weights_meta(w)
+    for f in ("name", "arch", "num_classes", "in_chans", "preprocess"):
+        assert getattr(from_ck, f) == getattr(from_w, f), f
+    assert from_ck.classes == classes and from_w.classes is None

@@ -53,6 +53,7 @@ __all__ = [
     "FileMeta",
     "arch_config_of",
     "check_name",
+    "checkpoint_meta",
     "read_checkpoint_meta",
     "read_metadata",
     "read_weights_meta",
@@ -159,6 +160,38 @@ def save_weights(
     )
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_save(lambda tmp: save_file(state, tmp, metadata=meta), path)
+
+
+def checkpoint_meta(
+    model: nn.Module,
+    *,
+    name: str,
+    overrides: Mapping[str, Any],
+    classes: list[str] | tuple[str, ...] | None,
+    image_size: int,
+    data: str | None,
+    mean: Any,
+    std: Any,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``meta`` table a training checkpoint records about its network and inputs (the
+    checkpoint dialect of the schema, read back by :func:`read_checkpoint_meta`)."""
+    m: Any = model
+    meta: dict[str, Any] = {
+        "model": name,
+        "num_classes": int(m.num_classes),
+        "in_chans": int(m.in_chans),
+        "model_overrides": jsonable(dict(overrides)),
+        "arch": arch_config_of(model),
+        "classes": list(classes) if classes else None,
+        "image_size": int(image_size),
+        "data": data,
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+    }
+    if provenance:  # fine-tuned runs only: earlier checkpoints have no such key
+        meta["provenance"] = dict(provenance)
+    return meta
 
 
 # ----------------------------------------------------------------------------------- reading
