@@ -38,7 +38,7 @@ never imports weights I/O.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -594,7 +594,7 @@ class PreparedWeights:
     num_classes: int
     overrides: dict[str, Any]
     where: str
-    record: Any  # () -> ModelRecord of the loaded model
+    record: Callable[[nn.Module], ModelRecord]  # the record of the loaded model
 
     def load_into(self, model: nn.Module, num_classes: int | None) -> None:
         """Load into ``model`` (built with :attr:`num_classes` and :attr:`overrides`); a
@@ -603,8 +603,9 @@ class PreparedWeights:
         record = self.record(model)
         if num_classes is not None and num_classes != record.num_classes:
             model, record = with_new_head(model, record, num_classes)
-        model.class_names = record.classes
-        model.pretrained_record = record
+        loaded: Any = model
+        loaded.class_names = record.classes
+        loaded.pretrained_record = record
 
 
 def prepare_weights(

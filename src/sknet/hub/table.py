@@ -100,6 +100,16 @@ class WeightsPreprocess:
     note: str = ""
 
     @property
+    def input_size(self) -> int:
+        """:attr:`crop_size` under :class:`sknet.Preprocess`'s name."""
+        return self.crop_size
+
+    @property
+    def resize(self) -> int:
+        """:attr:`resize_size` under :class:`sknet.Preprocess`'s name."""
+        return self.resize_size
+
+    @property
     def crop_pct(self) -> float:
         """``crop_size / resize_size`` (timm's ``crop_pct``)."""
         return self.crop_size / self.resize_size
