@@ -8,9 +8,10 @@
 from sknet.complexity import Complexity, complexity
 from sknet.deploy import deploy
 from sknet.errors import SKNetError
-from sknet.hub import list_pretrained
+from sknet.hub import list_pretrained  # also registers create_model's weights loader
+from sknet.hub.load import load
+from sknet.hub.record import ModelRecord
 from sknet.layers import BranchSpec, FrozenBatchNorm2d, SEModule, SKConv, freeze_batchnorm
-from sknet.loading import ModelRecord, Preprocess, load
 from sknet.models import (
     FeatureNet,
     SKNetModel,
@@ -22,6 +23,7 @@ from sknet.models import (
     sk_units,
 )
 from sknet.predict import Prediction, predict  # the function shadows the module name (as intended)
+from sknet.preprocess import Preprocess
 
 __version__ = "0.1.0"
 

@@ -264,8 +264,9 @@ def check_arch(value: Any, key: str, where: object) -> dict[str, Any]:
         check(v, str(name)[:40], 0)
     for name in _UNIT_KEYS:
         units = value.get(name)
-        counted = isinstance(units, list) and all(type(u) is int for u in units)
-        if counted and sum(units) > MAX_ARCH_UNITS:
+        if not isinstance(units, list) or not all(type(u) is int for u in units):
+            continue
+        if sum(units) > MAX_ARCH_UNITS:
             raise FileFormatError(
                 f"{where}: {key} records {sum(units):,} residual units ({name}), more than "
                 f"the {MAX_ARCH_UNITS} sknet builds from a file; the file is corrupt or hostile"

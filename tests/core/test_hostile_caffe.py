@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 
 import sknet
-from sknet import convert_caffe
 from sknet.convert_caffe import (
     CAFFE_OVERRIDES,
     CaffeBlob,
@@ -42,6 +41,7 @@ from sknet.convert_caffe import (
     to_caffe_layers,
 )
 from sknet.errors import FileFormatError
+from sknet.hub import caffe as convert_caffe
 
 ROOT = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(

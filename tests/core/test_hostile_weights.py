@@ -204,8 +204,8 @@ def test_checkpoint_path_classifier_width_is_bounded(
 ) -> None:
     """hub.load_pretrained(checkpoint_path=...) of a file in sknet's layout: the classifier
     width comes from the file's head.fc.weight, which costs nothing if one dimension is 0."""
-    monkeypatch.setattr(hub, "_REGISTRY", dict(hub._REGISTRY))
-    monkeypatch.setattr(hub, "_DEFAULT_TAGS", dict(hub._DEFAULT_TAGS))
+    monkeypatch.setattr(hub.table, "_REGISTRY", dict(hub.table._REGISTRY))
+    monkeypatch.setattr(hub.table, "_DEFAULT_TAGS", dict(hub.table._DEFAULT_TAGS))
     hub.register_pretrained(
         PretrainedCfg("sknet_tiny", "t", "sknet", "test", "w", "mit", 0, url="http://x.invalid/w")
     )
@@ -279,8 +279,8 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(hub, "_REGISTRY", dict(hub._REGISTRY))
-    monkeypatch.setattr(hub, "_DEFAULT_TAGS", dict(hub._DEFAULT_TAGS))
+    monkeypatch.setattr(hub.table, "_REGISTRY", dict(hub.table._REGISTRY))
+    monkeypatch.setattr(hub.table, "_DEFAULT_TAGS", dict(hub.table._DEFAULT_TAGS))
     return tmp_path
 
 

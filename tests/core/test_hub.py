@@ -135,9 +135,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: HubServer) -> P
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, PretrainedCfg]:
     """A private copy of the registry: entries added by a test vanish after it."""
-    monkeypatch.setattr(hub, "_REGISTRY", dict(hub._REGISTRY))
-    monkeypatch.setattr(hub, "_DEFAULT_TAGS", dict(hub._DEFAULT_TAGS))
-    return hub._REGISTRY
+    monkeypatch.setattr(hub.table, "_REGISTRY", dict(hub.table._REGISTRY))
+    monkeypatch.setattr(hub.table, "_DEFAULT_TAGS", dict(hub.table._DEFAULT_TAGS))
+    return hub.table._REGISTRY
 
 
 def _randomise_bn(model: torch.nn.Module) -> None:

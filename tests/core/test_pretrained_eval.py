@@ -27,8 +27,8 @@ def tiny_weights(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
     # the registry is global: the test's entry must not outlive the test
-    monkeypatch.setattr(hub, "_REGISTRY", dict(hub._REGISTRY))
-    monkeypatch.setattr(hub, "_DEFAULT_TAGS", dict(hub._DEFAULT_TAGS))
+    monkeypatch.setattr(hub.table, "_REGISTRY", dict(hub.table._REGISTRY))
+    monkeypatch.setattr(hub.table, "_DEFAULT_TAGS", dict(hub.table._DEFAULT_TAGS))
     model = sknet.create_model("sknet_tiny", num_classes=1000).eval()
     with torch.no_grad():
         model.head.fc.weight.zero_()

@@ -6,6 +6,7 @@ Paper figures are ImageNet (1000 classes, 224x224) unless marked CIFAR (100 clas
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from sknet.layers.sk import BranchSpec
 from sknet.models._base import (
@@ -23,6 +24,7 @@ from sknet.models._registry import (
     get_entry,
     list_models,
     register,
+    set_weights_loader,
 )
 from sknet.models.resnext import ResNeXt, ResNeXtConfig
 from sknet.models.shufflenetv2 import ShuffleNetV2, ShuffleNetV2Config
@@ -48,6 +50,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "register",
+    "set_weights_loader",
     "sk_units",
 ]
 
@@ -71,7 +74,7 @@ _TINY = ResNeXtConfig(
 )
 _SHUFFLE_05 = ShuffleNetV2Config(stage_out=(24, 48, 96, 192, 1024))
 _SHUFFLE_10 = ShuffleNetV2Config(stage_out=(24, 116, 232, 464, 1024))
-_LUCID = {
+_LUCID: dict[str, Any] = {
     "block": "lucid_sk",
     "sk_kernel_mode": "full",
     "sk_attention": "shared",
@@ -79,7 +82,9 @@ _LUCID = {
 }
 
 
-def _p(params: float | None, macs: float | None, err: float | None, src: str, ok: bool = True):
+def _p(
+    params: float | None, macs: float | None, err: float | None, src: str, ok: bool = True
+) -> PaperFigures:
     return PaperFigures(params=params, macs=macs, top1_err=err, source=src, confirmed=ok)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import os
 import typing
@@ -11,12 +10,57 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sknet._suggest import close_names, with_suggestion
 from sknet._typecheck import coerce_field
-from sknet.errors import OverrideError
+from sknet.errors import ConfigError, DependencyError, OverrideError
 from sknet.models._base import SKNetModel
 from sknet.models._features import FeatureNet
 
-__all__ = ["ModelEntry", "PaperFigures", "create_model", "get_entry", "list_models", "register"]
+__all__ = [
+    "ModelEntry",
+    "PaperFigures",
+    "PreparedWeights",
+    "WeightsLoader",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "register",
+    "set_weights_loader",
+]
+
+
+class PreparedWeights(typing.Protocol):
+    """Weights read and checked for a model about to be built (see :class:`WeightsLoader`)."""
+
+    num_classes: int  # the classifier width of the weights: the model is built with it
+    overrides: dict[str, Any]  # the config overrides to build the model with
+
+    def load_into(self, model: Any, num_classes: int | None) -> None:
+        """Load into the built model; a ``num_classes`` other than the weights' then gives a
+        fresh classifier."""
+
+
+class WeightsLoader(typing.Protocol):
+    """``loader(name, pretrained, checkpoint_path, overrides) -> PreparedWeights``: what
+    :func:`create_model` calls for ``pretrained=`` / ``checkpoint_path=``. The models package does
+    no weights I/O: :mod:`sknet.hub` registers its loader (:func:`set_weights_loader`) when it is
+    imported, which ``import sknet`` does."""
+
+    def __call__(
+        self,
+        name: str,
+        pretrained: bool | str,
+        checkpoint_path: str | os.PathLike | None,
+        overrides: dict[str, Any],
+    ) -> PreparedWeights: ...
+
+
+_WEIGHTS_LOADER: list[WeightsLoader] = []
+
+
+def set_weights_loader(loader: WeightsLoader) -> None:
+    """Register the loader :func:`create_model` uses for weights (the last one registered)."""
+    _WEIGHTS_LOADER[:] = [loader]
 
 
 @dataclass(frozen=True)
@@ -58,9 +102,9 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register(entry: ModelEntry) -> ModelEntry:
     """Add a model; a name can be registered only once."""
     if entry.name in _REGISTRY:
-        raise ValueError(f"model name {entry.name!r} is already registered")
+        raise ConfigError(f"model name {entry.name!r} is already registered")
     if not dataclasses.is_dataclass(entry.config):
-        raise TypeError(f"{entry.name}: config must be a dataclass instance")
+        raise OverrideError(f"{entry.name}: config must be a dataclass instance")
     _REGISTRY[entry.name] = entry
     return entry
 
@@ -75,9 +119,9 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+        close = close_names(name, _REGISTRY, n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}{hint} (see sknet.list_models() for all {len(_REGISTRY)} names)"
         ) from None
 
@@ -89,10 +133,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, fields, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [with_suggestion(k, fields) for k in unknown]
         raise OverrideError(
             f"create_model({name!r}): unknown override {', '.join(hints)}; valid overrides "
             f"are {', '.join(sorted(fields))}"
@@ -148,36 +189,36 @@ def create_model(
     entry = get_entry(name)
     if output_stride is not None:
         if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+            raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         if any(f.name == "output_stride" for f in dataclasses.fields(entry.config)):
             overrides["output_stride"] = output_stride
         elif output_stride != 32:
-            raise ValueError(
+            raise ConfigError(
                 f"output_stride={output_stride} needs a ResNeXt-family model; {name} "
                 f"({entry.family}) supports only output_stride=32"
             )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
+    ):
+        raise ConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
     weights = None
+    width = entry.paper_num_classes if num_classes is None else num_classes
     if pretrained or checkpoint_path is not None:
-        # Imported here: the model code needs torch alone unless weights are asked for.
-        from sknet.models._pretrained import fetch_weights
-
-        weights, num_classes, overrides = fetch_weights(
-            name, pretrained, checkpoint_path, num_classes, overrides
-        )
-    if num_classes is None:
-        num_classes = entry.paper_num_classes
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if not _WEIGHTS_LOADER:
+            raise DependencyError(
+                f"create_model({name!r}, pretrained=..., checkpoint_path=...) needs the weights "
+                "loader of sknet.hub: import sknet (or sknet.hub) first"
+            )
+        weights = _WEIGHTS_LOADER[0](name, pretrained, checkpoint_path, dict(overrides))
+        width, overrides = weights.num_classes, dict(weights.overrides)
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+        raise ConfigError(f"in_chans must be an int >= 1, got {in_chans!r}")
     config = apply_overrides(entry.config, dict(overrides), name)
-    model = entry.builder(config, num_classes=num_classes, in_chans=in_chans)
+    model = entry.builder(config, num_classes=width, in_chans=in_chans)
     model.model_name = name  # type: ignore[assignment]
-    model.model_config = config  # type: ignore[assignment]  # the resolved architecture
-    if weights is not None:
-        from sknet.models._pretrained import apply_weights
-
-        apply_weights(model, *weights)
+    model.model_config = config  # the resolved architecture
+    if weights is not None:  # built once, then loaded
+        weights.load_into(model, num_classes)
     if frozen_stages != -1:
         model.set_frozen_stages(frozen_stages)
     if norm_eval:
@@ -185,5 +226,5 @@ def create_model(
     if features_only:
         return FeatureNet(model, out_indices)
     if out_indices is not None:
-        raise ValueError("out_indices applies to features_only=True models only")
+        raise ConfigError("out_indices applies to features_only=True models only")
     return model

@@ -1,8 +1,9 @@
 """Training checkpoints: atomic writes, safe loads, and the RNG states needed for exact resume.
 
 A checkpoint is a ``torch.save``'d dict of tensors and plain Python values only, written through
-:func:`sknet.weights.atomic_save` (temp file + fsync + rename, so a crash never leaves a partial
-file) and read back with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling).
+:func:`sknet._files.atomic_save` (temp file + fsync + rename, so a crash never leaves a partial
+file) and read back with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling) by the one
+safe reader, :func:`sknet.hub.read.read_checkpoint`.
 RNG states are stored as tensors and lists of ints for that reason.
 """
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from sknet._files import atomic_save
-from sknet.errors import FileFormatError
+from sknet.hub.read import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, read_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -30,9 +31,6 @@ __all__ = [
     "save_checkpoint",
     "weights_digest",
 ]
-
-CHECKPOINT_FORMAT = "sknet-train-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -83,40 +81,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` on the CPU (``weights_only=True``).
+    """Load a checkpoint written by :func:`save_checkpoint` on the CPU (``weights_only=True``):
+    :func:`sknet.hub.read.read_checkpoint`, the one safe reader.
 
     Before anything is read, the zip directory is checked (entries stored uncompressed, their
     sizes within the file's: nothing can inflate); after, the tensors may not describe more
     bytes than the file holds (no broadcast views of huge size). ``mmap=True`` maps the tensors
     from the file instead of reading them (copy-on-write; for loading a model once).
     """
-    from sknet.loading import _check_torch_zip, check_tensor_bytes
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    is_zip = _check_torch_zip(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
-    except Exception:  # pickle / zip errors of truncated, foreign or malicious files
-        # torch's own message suggests weights_only=False, i.e. running the file's code: the
-        # one thing never to do with a file that fails the safe load.
-        raise FileFormatError(
-            f"{path} is not an sknet checkpoint (corrupt, truncated or unsafe to load); it was "
-            "refused without running any of its content"
-        ) from None
-    check_tensor_bytes(state, path)
-    fmt = state.get("format") if isinstance(state, dict) else None
-    if not isinstance(fmt, str) or fmt != CHECKPOINT_FORMAT:
-        raise FileFormatError(f"{path} is not an sknet training checkpoint")
-    version = state.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise FileFormatError(f"{path}: checkpoint version {str(version)[:40]!r} is not an integer")
-    if version > CHECKPOINT_VERSION:
-        raise FileFormatError(
-            f"{path} was written by a newer sknet (checkpoint version {state['version']})"
-        )
-    return state
+    return read_checkpoint(path, mmap=mmap)
 
 
 def weights_digest(weights: nn.Module | Mapping[str, torch.Tensor]) -> str:
