@@ -12,7 +12,9 @@ How errors are reported is decided here, in :func:`report_error`, for every comm
   the user gave: missing, read-only, disk full, a folder where a file should be);
 * anything else is a bug: the traceback is printed, with a line saying so (exit status 2). A
   plain ``ValueError`` or ``TypeError`` is a bug too, wherever it comes from: the decision is
-  by type alone, never by guessing from the traceback who raised it.
+  by type alone, never by guessing from the traceback who raised it. (Transitional, issue 16:
+  ``_PENDING_CONVERSION`` names the few exact functions elsewhere in sknet that still raise a
+  plain built-in type for a user error; each entry goes when its raise becomes an SKNetError.)
 
 ``SKNET_DEBUG=1`` shows the traceback of user errors too.
 """
