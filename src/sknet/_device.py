@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from sknet.errors import ConfigError
+
 __all__ = ["autocast", "resolve_device"]
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -16,12 +18,12 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     """A fresh autocast context for ``precision`` on ``device``.
 
     ``"bf16"``/``"fp16"``: ``torch.autocast`` to that dtype; ``"none"``/``"fp32"``: no autocast.
-    Other values raise ``ValueError``.
+    Other values raise :class:`~sknet.errors.ConfigError` (a ``ValueError``).
     """
     if precision in ("none", "fp32"):
         return contextlib.nullcontext()
     if precision not in _AUTOCAST_DTYPES:
-        raise ValueError(f"precision must be none, fp32, bf16 or fp16, got {precision!r}")
+        raise ConfigError(f"precision must be none, fp32, bf16 or fp16, got {precision!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
 
 
@@ -30,8 +32,6 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
     Accepted: ``auto``, ``cpu``, ``cuda`` and ``cuda:N``; anything else is a ``ConfigError``.
     """
-    from sknet.errors import ConfigError
-
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" or (preference.startswith("cuda:") and preference[5:].isdigit()):

@@ -76,6 +76,7 @@ def path_error(exc: BaseException, path: str | os.PathLike, action: str = "write
 
 def _path_error(exc: BaseException, path: Path, action: str) -> OSError:
     """An ``OSError`` that names ``path`` and the OS reason (for the CLI's one-line report)."""
+    code: int | None
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         reason = os.strerror(errno.ENOSPC)  # "No space left on device", whatever the writer said
         code = exc.errno

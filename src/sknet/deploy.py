@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import copy
 import types
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
 
+from sknet.errors import ConfigError, InputTypeError
 from sknet.layers.fused import FusedBottleneck, FusedConv2d, FusedSKConv
 from sknet.layers.norm import FrozenBatchNorm2d
 from sknet.layers.sk import SKConv
+from sknet.models.resnext import ResNeXtBlock
 
 __all__ = ["deploy", "is_deployed", "preferred_memory_format"]
 
@@ -78,7 +80,8 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Module:
         if _is_conv_bn(mods, i):
             nxt = mods[i + 2] if i + 2 < len(mods) else None
             relu = isinstance(nxt, nn.ReLU)
-            fused = FusedConv2d.from_conv_bn(mods[i], mods[i + 1], relu=relu)
+            conv = cast(nn.Conv2d, mods[i])  # as _is_conv_bn checked
+            fused = FusedConv2d.from_conv_bn(conv, mods[i + 1], relu=relu)
             span = 3 if isinstance(nxt, nn.ReLU | nn.Identity) else 2
             if len(mods) == span:
                 return fused
@@ -93,11 +96,10 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Module:
 
 
 def _fuse_block(block: nn.Module) -> nn.Module:
-    conv1 = _fuse(block.conv1)
-    conv2 = _fuse(block.conv2)
-    conv3 = _fuse(block.conv3)
-    se = _fuse(block.se)
-    down = _fuse(block.downsample)
+    conv1, conv2, conv3, se, down = (
+        _fuse(cast(nn.Module, getattr(block, name)))
+        for name in ("conv1", "conv2", "conv3", "se", "downsample")
+    )
     if not isinstance(conv3, FusedConv2d) or conv3.relu:
         for name, m in zip(
             ("conv1", "conv2", "conv3", "se", "downsample"), (conv1, conv2, conv3, se, down)
@@ -108,8 +110,6 @@ def _fuse_block(block: nn.Module) -> nn.Module:
 
 
 def _fuse(mod: nn.Module) -> nn.Module:
-    from sknet.models.resnext import ResNeXtBlock
-
     if isinstance(mod, FusedSKConv | FusedConv2d | FusedBottleneck):
         return mod
     if isinstance(mod, SKConv):
@@ -150,13 +150,13 @@ def deploy(
         The deployed model, in eval mode, with ``requires_grad`` off.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"deploy expects an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"deploy expects an nn.Module, got {type(model).__name__}")
     if memory_format not in ("auto", "channels_last", "contiguous"):
-        raise ValueError(
+        raise ConfigError(
             f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {memory_format!r}"
         )
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        raise InputTypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     if isinstance(out, nn.Sequential):
@@ -187,8 +187,6 @@ def deploy(
 
 def _inference_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
     if mode:
-        from sknet.errors import ConfigError
-
         raise ConfigError(
             "this model came out of sknet.deploy: BatchNorm is folded into the convolutions and "
             "it is inference-only; train or fine-tune the original model and deploy it again"

@@ -27,6 +27,15 @@ import torch
 from torch import nn
 
 from sknet._files import atomic_save
+from sknet.deploy import deploy, is_deployed
+from sknet.errors import (
+    ConfigError,
+    DependencyError,
+    InputTypeError,
+    MissingFileError,
+    OutputError,
+    UnsupportedError,
+)
 
 __all__ = [
     "ExportResult",
@@ -64,12 +73,12 @@ class ExportResult:
 
 def _example(model: nn.Module, batch: int, input_size: int | None) -> torch.Tensor:
     chans = int(getattr(model, "in_chans", 3))
-    size = int(input_size or getattr(model, "default_input_size", 224))
+    size = int(input_size or getattr(model, "default_input_size", 224) or 224)
     if size < 1:
-        raise ValueError(f"input size must be positive, got {size}")
+        raise ConfigError(f"input size must be positive, got {size}")
     min_size = int(getattr(model, "min_input_size", 1))
     if size < min_size:
-        raise ValueError(
+        raise ConfigError(
             f"input size {size} is too small for this model: height and width must be at least "
             f"{min_size} (its total stride)"
         )
@@ -81,10 +90,8 @@ def _example(model: nn.Module, batch: int, input_size: int | None) -> torch.Tens
 
 def _prepare(model: nn.Module, fuse: bool) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"expected an nn.Module, got {type(model).__name__}")
     if fuse:
-        from sknet.deploy import deploy, is_deployed
-
         if not is_deployed(model):
             return deploy(model, memory_format="contiguous")
         return model.eval()
@@ -119,25 +126,27 @@ def export_model(
         fuse: export the :func:`sknet.deploy` form (BN folded).
         opset: ONNX opset (default: the exporter's).
         check: run the exported file at batch sizes 1 and 3 and compare with PyTorch;
-            raises ``RuntimeError`` when the max abs difference exceeds ``atol``.
+            raises :class:`~sknet.errors.UnsupportedError` (a ``RuntimeError``) when the max
+            abs difference exceeds ``atol``.
     """
     path = Path(path)
     fmt = format or path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)} "
             "(or give the output file a .onnx / .pt2 suffix)"
         )
     if batch_size < 2:
-        raise ValueError(f"batch_size for tracing must be >= 2, got {batch_size}")
+        raise ConfigError(f"batch_size for tracing must be >= 2, got {batch_size}")
     if path.exists() and path.is_dir():
-        raise ValueError(f"output {path} is a directory; give a file name")
+        raise OutputError(f"output {path} is a directory; give a file name")
     was_training = model.training
     try:
         net = _prepare(model, fuse)
         x = _example(net, batch_size, input_size)
-        if hasattr(net, "check_input"):
-            net.check_input(x)
+        check_input = getattr(net, "check_input", None)  # sknet models: a clear message
+        if callable(check_input):
+            check_input(x)
         with torch.no_grad():
             if fmt == "onnx":
                 _export_onnx(net, x, path, opset)
@@ -152,7 +161,7 @@ def export_model(
                 result.max_abs_diff = check_pt2(path, reference, x.shape[1:])
             worst = max(result.max_abs_diff.values(), default=0.0)
             if not worst <= atol:
-                raise RuntimeError(
+                raise UnsupportedError(  # a RuntimeError (NotImplementedError) as before
                     f"exported {fmt} output differs from PyTorch by {worst:.3g} (> {atol:g})"
                 )
         return result
@@ -164,7 +173,7 @@ def _export_onnx(net: nn.Module, x: torch.Tensor, path: Path, opset: int | None)
     try:
         import onnxscript  # noqa: F401  (the dynamo-based exporter needs it)
     except ImportError as exc:
-        raise RuntimeError(
+        raise DependencyError(
             "ONNX export needs the 'onnx' and 'onnxscript' packages: pip install 'sknet[onnx]'"
         ) from exc
 
@@ -200,7 +209,7 @@ def load_pt2(path: str | os.PathLike) -> nn.Module:
     """Load a ``.pt2`` archive written by :func:`export_model` as a callable module."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no exported program at {path}")
+        raise MissingFileError(f"no exported program at {path}")
     return torch.export.load(str(path)).module()
 
 
@@ -216,7 +225,7 @@ def check_onnx(
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise RuntimeError(
+        raise DependencyError(
             "checking the ONNX file needs onnxruntime (pip install 'sknet[onnx]'); "
             "or export with check=False (--no-check)"
         ) from exc

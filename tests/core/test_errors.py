@@ -66,3 +66,25 @@ def test_invalid_model_configs() -> None:
 def test_in_chans_override_works() -> None:
     m = sknet.create_model("sknet_tiny", in_chans=1, num_classes=4).eval()
     assert m(torch.randn(2, 1, 48, 48)).shape == (2, 4)
+
+
+def test_cli_decides_user_error_or_bug_by_type_alone(capsys: pytest.CaptureFixture) -> None:
+    """An SKNetError and an OSError naming a file are one line (exit 1); anything else, a plain
+    ValueError raised inside sknet included, is a bug: traceback and exit 2."""
+    from sknet.cli.main import is_user_error, report_error
+    from sknet.errors import ConfigError, MissingFileError
+
+    named = FileNotFoundError(2, "No such file or directory", "/no/such/file")
+    assert is_user_error(ConfigError("bad option")) and is_user_error(named)
+    assert is_user_error(MissingFileError("no such file: x"))
+    for bug in (ValueError("oops"), TypeError("oops"), KeyError("k"), OSError("no filename")):
+        assert not is_user_error(bug)
+    assert report_error("info", ConfigError("bad option")) == 1
+    err = capsys.readouterr().err
+    assert err == "sknet info: error: bad option\n"
+    try:
+        raise ValueError("not deliberate")
+    except ValueError as exc:
+        assert report_error("info", exc) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error (ValueError): this is a bug" in err

@@ -377,3 +377,43 @@ def test_cli_run_directory_source_and_protected_files(setup, tmp_path, capsys) -
     err = _one_line_error(capsys, run, ex / "gray.png", "--explain", ex, "--force")
     assert "would overwrite an input image" in err
     assert (ex / "gray.png").read_bytes() == (setup["imgs"] / "gray.png").read_bytes()
+
+
+def test_package_layout_device_default_and_error_types(setup) -> None:
+    """One job per module, every public name importable from the package; the device defaults
+    to "auto" as everywhere; deliberate errors are SKNetErrors (one line in the CLI)."""
+    import inspect
+    import sys
+
+    from sknet.errors import ConfigError, InputError, InputTypeError, MissingFileError, SKNetError
+
+    pkg = sys.modules["sknet.predict"]
+    assert sknet.predict is predict and pkg.predict is predict  # the function shadows the name
+    from sknet.predict import explain, inference, inputs
+
+    assert (
+        inputs.expand_inputs is expand_inputs
+        and inputs.preprocess_transform is preprocess_transform
+    )
+    assert inference.Prediction is Prediction and inference.branch_names is branch_names
+    assert explain.save_explanation is save_explanation and explain.explain_names is explain_names
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None
+    assert inspect.signature(predict).parameters["device"].default == "auto"
+    with pytest.raises(MissingFileError):
+        expand_inputs([setup["imgs"] / "missing.png"])
+    with pytest.raises(InputError):
+        expand_inputs([])
+    with pytest.raises(InputTypeError):
+        expand_inputs([3])
+    with pytest.raises(ConfigError):
+        predict(setup["weights"], setup["imgs"], topk=0)
+    with pytest.raises(InputTypeError):
+        predict(3, setup["imgs"])
+    with pytest.raises(SKNetError, match="no attention to draw"):
+        save_explanation(
+            Prediction("x", error="bad"),
+            setup["imgs"] / "rgb.png",
+            setup["root"] / "y.png",
+            Preprocess(input_size=48),
+        )

@@ -22,13 +22,17 @@ import sys
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import sknet
 from sknet._device import autocast, resolve_device
+from sknet.convert import from_timm
+from sknet.deploy import deploy
+from sknet.errors import ConfigError, DependencyError
 
 __all__ = [
     "DEFAULT_GROUPS",
@@ -142,7 +146,7 @@ def _split(text: str | None, allowed: Sequence[str], what: str) -> list[str] | N
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in allowed]
     if bad or not items:
-        raise ValueError(f"--{what}: unknown {bad or text!r}; choose from {', '.join(allowed)}")
+        raise ConfigError(f"--{what}: unknown {bad or text!r}; choose from {', '.join(allowed)}")
     return items
 
 
@@ -160,7 +164,7 @@ def parse_groups(
     layouts = both.
     """
     if device_type not in DTYPES:
-        raise ValueError(f"device type must be cpu or cuda, got {device_type!r}")
+        raise ConfigError(f"device type must be cpu or cuda, got {device_type!r}")
     m = _split(modes, MODES, "modes")
     d = _split(dtypes, DTYPES[device_type], "dtypes")
     ls = _split(layouts, LAYOUTS, "layouts")
@@ -201,20 +205,18 @@ class BenchConfig:
             self.batch_size = 64 if device.type == "cuda" else 16
         for name in ("batch_size", "input_size", "threads", "rounds"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.input_size < 32:
-            raise ValueError("--input-size must be >= 32 (the networks' total stride)")
+            raise ConfigError("--input-size must be >= 32 (the networks' total stride)")
         if self.memory not in ("train", "all", "none"):
-            raise ValueError(f"--memory must be train, all or none, got {self.memory!r}")
+            raise ConfigError(f"--memory must be train, all or none, got {self.memory!r}")
         if not self.models:
-            raise ValueError("--models: give at least one contender")
-        import sknet
-
+            raise ConfigError("--models: give at least one contender")
         for c in self.models:
             base = c.removesuffix("+deploy")
             if base.startswith("timm:"):
                 if c.endswith("+deploy"):
-                    raise ValueError(f"{c}: +deploy applies to sknet models only")
+                    raise ConfigError(f"{c}: +deploy applies to sknet models only")
                 _timm()
             else:
                 sknet.get_entry(base)
@@ -222,7 +224,7 @@ class BenchConfig:
             self.groups = parse_groups(device.type)
         for g in self.groups:
             if g.mode not in MODES or g.dtype not in DTYPES[device.type]:
-                raise ValueError(f"cannot time {g.mode} {g.dtype} on {device.type}")
+                raise ConfigError(f"cannot time {g.mode} {g.dtype} on {device.type}")
 
 
 # ----------------------------------------------------------------------------- contenders
@@ -232,7 +234,7 @@ def _timm() -> Any:
     try:
         import timm
     except ImportError as exc:
-        raise RuntimeError("timm contenders need timm (pip install timm)") from exc
+        raise DependencyError("timm contenders need timm (pip install timm)") from exc
     return timm
 
 
@@ -242,8 +244,6 @@ def build_contender(name: str, num_classes: int = 1000) -> nn.Module:
     if name.startswith("timm:"):
         model = _timm().create_model(name[5:], pretrained=False, num_classes=num_classes)
         return model.eval()
-    import sknet
-
     return sknet.create_model(name, num_classes=num_classes).eval()
 
 
@@ -252,8 +252,6 @@ def share_timm_weights(models: dict[str, nn.Module], size: int) -> dict[str, str
 
     Returns a note per sknet model. Raises ``RuntimeError`` when the outputs differ by > 1e-3.
     """
-    from sknet.convert import from_timm
-
     notes: dict[str, str] = {}
     for ours, theirs in TIMM_TWINS.items():
         key = "timm:" + theirs
@@ -269,6 +267,8 @@ def share_timm_weights(models: dict[str, nn.Module], size: int) -> dict[str, str
         with torch.inference_mode():
             diff = float((a(x) - b(x)).abs().max())
         if diff > 1e-3:
+            # A self-check of sknet.convert, not of the user's input: a failure is a bug, so
+            # it is a plain RuntimeError on purpose (the CLI prints its traceback).
             raise RuntimeError(f"{ours} with {key}'s weights differs from it by {diff:.3g}")
         notes[ours] = f"{key} weights via sknet.convert.from_timm; max |out diff| {diff:.1e}"
     return notes
@@ -281,9 +281,9 @@ def variant_model(
     in training mode for ``mode="train"``."""
     model = copy.deepcopy(base_models[v.base]).to(device)
     if v.deployed:
-        from sknet.deploy import deploy
-
-        fmt = "channels_last" if v.layout == "cl" else "contiguous"
+        fmt: Literal["channels_last", "contiguous"] = (
+            "channels_last" if v.layout == "cl" else "contiguous"
+        )
         return deploy(model, memory_format=fmt, inplace=True)
     mf = torch.channels_last if v.layout == "cl" else torch.contiguous_format
     model = model.to(memory_format=mf)
@@ -440,7 +440,7 @@ def time_group(
         for v in variants:
             model = variant_model(base_models, v, mode, device)
             if compiled:
-                model = torch.compile(model)
+                model = cast(nn.Module, torch.compile(model))  # an OptimizedModule
             x, y = make_inputs(v.layout, batch, cfg.input_size, device)
             steps[v] = make_step(model, mode, dtype, device, x, y, compiled)
         warm_s, failed = warm_up(steps, cfg.warmup, device)

@@ -19,6 +19,18 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+import torch
+
+from sknet.benchmark.engine import (
+    Variant,
+    autocast,
+    build_contender,
+    make_inputs,
+    make_step,
+    variant_model,
+)
+from sknet.errors import UnsupportedError
+
 __all__ = ["cpu_peak_mib"]
 
 
@@ -33,22 +45,11 @@ def _hwm_bytes() -> int:
         for line in fh:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status (peak memory needs Linux)")
+    raise UnsupportedError("no VmHWM in /proc/self/status (peak memory needs Linux)")
 
 
 def _probe(spec: dict) -> dict[str, float]:
     """In the fresh process: peak RSS growth over two iterations of one variant."""
-    import torch
-
-    from sknet.benchmark.engine import (
-        Variant,
-        autocast,
-        build_contender,
-        make_inputs,
-        make_step,
-        variant_model,
-    )
-
     torch.set_num_threads(int(spec["threads"]))
     v = Variant(spec["contender"], spec["layout"])
     device = torch.device("cpu")

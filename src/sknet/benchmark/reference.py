@@ -8,6 +8,7 @@ the formulas, and to give BatchNorms the non-trivial statistics of a trained mod
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ def reference_sk_forward(sk: SKConv, x: torch.Tensor) -> torch.Tensor:
     convolutions called as declared (no strided-dilation shortcut).
     """
     xs = torch.chunk(x, sk.num_branches, dim=1) if sk.split_input else [x] * sk.num_branches
-    feats = torch.stack([b.act(b.bn(b.conv(xi))) for b, xi in zip(sk.branches, xs)], dim=1)
+    branches: list[Any] = list(sk.branches)  # conv, bn, act each (nn.Module attributes)
+    feats = torch.stack([b.act(b.bn(b.conv(xi))) for b, xi in zip(branches, xs)], dim=1)
     u = feats.sum(dim=1)
     if sk.attn is None:
         return u
@@ -51,8 +53,12 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
-                m.running_mean.copy_((torch.rand(n, generator=gen) - 0.5) * 0.6)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_((torch.rand(n, generator=gen) - 0.5) * 0.4)
+                for t, values in (
+                    (m.running_mean, (torch.rand(n, generator=gen) - 0.5) * 0.6),
+                    (m.running_var, torch.rand(n, generator=gen) + 0.5),
+                    (m.weight, torch.rand(n, generator=gen) + 0.5),
+                    (m.bias, (torch.rand(n, generator=gen) - 0.5) * 0.4),
+                ):
+                    if t is not None:  # no affine parameters / statistics: nothing to set
+                        t.copy_(values)
     return model

@@ -11,7 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import sknet
+from sknet._files import check_out_arg
 from sknet.data import DATASET_NAMES
+from sknet.errors import ConfigError
+from sknet.models import create_model
+from sknet.train import load_preset, parse_set_options
+
+# sknet.analysis.ablate (and matplotlib with it) is imported when the command runs: `sknet
+# --help` and the other commands start without it.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,10 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import sknet
     from sknet.analysis.ablate import EXPERIMENTS, experiment_rows
-    from sknet.models import create_model
-    from sknet.train import load_preset
 
     if not args.experiment:
         for e in EXPERIMENTS.values():
@@ -115,17 +120,15 @@ def _list(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sknet.analysis.ablate import get_experiment, run_ablation
-    from sknet.train import parse_set_options
 
     if args.experiment is not None:
         get_experiment(args.experiment)  # unknown name -> clear error
     if args.list:
         return _list(args)
     if not args.experiment:
-        raise ValueError("name an experiment: table6, table7, attention or baselines (--list)")
+        raise ConfigError("name an experiment: table6, table7, attention or baselines (--list)")
     if args.out is None:
-        raise ValueError("--out DIR is required (the sweep folder)")
-    from sknet._files import check_out_arg
+        raise ConfigError("--out DIR is required (the sweep folder)")
 
     args.out = Path(check_out_arg(args.out, "--out") or "")  # '' is an error, not "here"
     settings = parse_set_options(args.sets)

@@ -12,8 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import sknet
+from sknet._device import resolve_device
+from sknet._files import check_out_arg
 from sknet.cli import DEVICE_HELP
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet.errors import ConfigError, MissingFileError
+from sknet.loading import load
+
+# sknet.analysis (and matplotlib with it) is imported in _analyze, when the command runs:
+# `sknet --help` and the other commands start without it.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,16 +141,15 @@ def _load(source: str) -> tuple[Any, dict[str, Any]]:
     """(model in eval mode, info) from a run dir, checkpoint or safetensors file."""
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"no run directory, checkpoint or weights file at {source}")
-    from sknet.loading import load
-
+        raise MissingFileError(f"no run directory, checkpoint or weights file at {source}")
     model, record = load(path)
     return model.eval(), record.info()
 
 
 def _get(info: dict[str, Any], *keys: str) -> Any:
     """The first of ``keys`` set in ``info`` or in the run's config (``info["config"]``)."""
-    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    config = info.get("config")
+    cfg: dict[str, Any] = config if isinstance(config, dict) else {}
     for k in keys:
         for where in (info, cfg):
             v = where.get(k)
@@ -150,24 +159,16 @@ def _get(info: dict[str, Any], *keys: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from sknet._files import check_out_arg
-
     args.out = Path(check_out_arg(args.out, "--out") or "")  # '' is an error, not "here"
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    from sknet.train.distributed import resolve_device
-
+        raise ConfigError(f"--num-images must be >= 1, got {args.num_images}")
     args.device = str(resolve_device(args.device))
     model, info = _load(args.source)
     if not args.no_deploy:
-        import sknet
-
         model = sknet.deploy(model.to(args.device))
     # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's;
     # restored afterwards so that an in-process call leaves torch as it found it.

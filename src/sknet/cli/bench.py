@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sknet._files import atomic_write_text, check_out_arg, check_output
+from sknet.benchmark import DEFAULT_MODELS, BenchConfig, parse_groups, run_benchmark
 from sknet.cli import DEVICE_HELP, examples
 
 _DESCRIPTION = (
@@ -22,7 +24,6 @@ _DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sknet.benchmark import DEFAULT_MODELS
 
     p.add_argument(
         "--models",
@@ -86,9 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import atomic_write_text, check_out_arg, check_output
-    from sknet.benchmark import BenchConfig, parse_groups, run_benchmark
-
     if args.out is not None:  # '' is an error, not "the current folder"
         args.out = Path(check_out_arg(args.out, "--out") or "")
     cfg = BenchConfig(

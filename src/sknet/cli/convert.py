@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import cast
 
+from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
+from sknet.convert import Source, convert_file
+from sknet.weights import save_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_out_arg, check_output
-    from sknet.convert import convert_file
-    from sknet.weights import save_weights
-
     args.src = Path(check_out_arg(args.src, "SRC") or "")  # '' is an error, not "here"
     args.dst = Path(check_out_arg(args.dst, "DST") or "")
     check_output(
         args.dst, sources=[args.src], force=args.force, suffixes=(".safetensors",), what="DST"
     )
-    source = args.source or ("caffe" if args.src.suffix == ".caffemodel" else "timm")
+    # args.source is one of the parser's choices, which are the values of Source
+    source = cast(Source, args.source or ("caffe" if args.src.suffix == ".caffemodel" else "timm"))
     conv = convert_file(args.src, source, args.model)
     model, name = conv.model, conv.name
     save_weights(model, args.dst, name=name, overrides=conv.overrides, extra=conv.metadata)

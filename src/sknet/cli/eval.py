@@ -10,8 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+from sknet._device import resolve_device
+from sknet._files import atomic_write_text, check_out_arg, check_output
+from sknet._limits import check_image_side
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
 from sknet.data import DATASET_NAMES
+from sknet.errors import ConfigError
+from sknet.loading import _looks_like_path, resolve_source
+from sknet.train import evaluate_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,25 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_out_arg
-    from sknet._limits import check_image_side
-    from sknet.train import evaluate_source
-
     check_out_arg(args.out, "--out")
     if args.sizes:  # before any work: --sizes 100000 would ask for tens of GiB
         args.sizes = [check_image_side(s, "--sizes", config=True) for s in args.sizes]
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     if args.val_samples is not None and args.val_samples < 1:
-        raise ValueError(f"--val-samples must be positive, got {args.val_samples}")
-    from sknet._files import atomic_write_text, check_output
-    from sknet.loading import _looks_like_path, resolve_source
-    from sknet.train.distributed import resolve_device
-
+        raise ConfigError(f"--val-samples must be positive, got {args.val_samples}")
     resolve_device(args.device)  # an unknown device is an error before any work
     # A file source is protected from being overwritten, and so is every existing file of the
     # run directory it belongs to (RUN, RUN/model.safetensors or RUN/checkpoints/last.pt alike);

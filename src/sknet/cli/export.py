@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
 from sknet.errors import ConfigError
+from sknet.export import export_model
+from sknet.loading import _looks_like_path, load, resolve_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,10 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_out_arg, check_output
-    from sknet.export import export_model
-    from sknet.loading import _looks_like_path, load, resolve_source
-
     if args.out is not None:  # '' is an error, not "the current folder"
         args.out = Path(check_out_arg(args.out, "--out") or "")
     fmt = args.format

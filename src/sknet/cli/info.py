@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import sknet
 from sknet.cli import examples
 from sknet.complexity import MAX_COUNTED_SIDE
 from sknet.errors import ConfigError
+from sknet.hub import get_pretrained_cfg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
-    import sknet
-
     entry = sknet.get_entry(name)
     model = sknet.create_model(name, num_classes=num_classes)
     c = sknet.complexity(model, input_size)
@@ -66,9 +66,6 @@ def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
 
 def _weights(name: str) -> list[dict]:
     """The published weights of ``name`` with their source and reported accuracy."""
-    import sknet
-    from sknet.hub import get_pretrained_cfg
-
     out = []
     for tag in sknet.list_pretrained(f"{name}.*"):
         cfg = get_pretrained_cfg(tag)
@@ -88,14 +85,12 @@ def _weights(name: str) -> list[dict]:
 
 
 def _expand(patterns: list[str]) -> list[str]:
-    import sknet
-
     names: list[str] = []
     for pat in patterns:
         if any(ch in pat for ch in "*?["):
             found = sknet.list_models(pat)
             if not found:
-                raise ValueError(f"no model matches {pat!r}")
+                raise ConfigError(f"no model matches {pat!r} (sknet info --list shows them)")
             names.extend(found)
         else:
             sknet.get_entry(pat)  # raises with suggestions
@@ -104,8 +99,6 @@ def _expand(patterns: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sknet
-
     if args.list:
         for n in sknet.list_models():
             print(n)

@@ -25,7 +25,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from sknet._device import resolve_device
+from sknet._files import (
+    atomic_write_text,
+    check_out_arg,
+    check_output,
+    check_path_length,
+    csv_cell,
+    name_max,
+)
 from sknet.cli import DEVICE_HELP, examples
+from sknet.errors import ConfigError, OutputError
+from sknet.loading import load, resolve_source
+from sknet.predict import expand_inputs, explain_names, predict, save_explanation
 
 #: Up to this many images the results are printed as a table without a progress bar.
 TABLE_MAX = 20
@@ -81,17 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet._files import check_out_arg
-    from sknet.loading import load
-    from sknet.predict import expand_inputs
-    from sknet.train.distributed import resolve_device
-
     check_out_arg(args.out, "--out")
     check_out_arg(args.explain, "--explain")
     if args.topk < 1:
-        raise ValueError(f"--topk must be positive, got {args.topk}")
+        raise ConfigError(f"--topk must be positive, got {args.topk}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)  # an unknown device is an error before any work
     files = expand_inputs(args.inputs)
     out, figures = _check_outputs(args, files)  # before any work
@@ -109,11 +118,6 @@ def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | 
     the source or an existing file of its run directory (however the source was named, see
     :func:`sknet._files.check_output`), never an input image, existing files only with
     --force, names the file system can hold."""
-    from sknet._files import check_output, check_path_length, name_max
-    from sknet.errors import OutputError
-    from sknet.loading import resolve_source
-    from sknet.predict import explain_names
-
     src = Path(args.source).expanduser()
     sources: list[Path] = []
     protected: list[Path] = []
@@ -161,12 +165,8 @@ def _predict(
     args: argparse.Namespace, model: Any, record: Any, files: list[Path], device: Any, many: bool
 ) -> list[Any]:
     """Run the model over ``files`` (a progress bar when there are many)."""
-    from sknet.predict import predict
-
     bar = None
     if many:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, disable=None)
 
     def progress(done: int, total: int) -> None:
@@ -189,12 +189,8 @@ def _predict(
 
 
 def _write_figures(results: list[Any], figures: dict, record: Any, many: bool) -> int:
-    from sknet.predict import save_explanation
-
     todo = [r for r in results if r.ok and r.path in figures]
     if many and todo:
-        from tqdm import tqdm
-
         todo = tqdm(todo, unit="fig", desc="explain", file=sys.stderr, disable=None)
     written = 0
     for r in todo:
@@ -204,8 +200,6 @@ def _write_figures(results: list[Any], figures: dict, record: Any, many: bool) -
 
 
 def _write_out(args: argparse.Namespace, results: list[Any], record: Any, out: Path) -> None:
-    from sknet._files import atomic_write_text
-
     atomic_write_text(out, format_results(results, out.suffix.lower(), record, args.topk))
 
 
@@ -301,14 +295,12 @@ def format_results(results: list[Any], suffix: str, record: Any, topk: int) -> s
         }
         return json.dumps(doc, indent=2) + "\n"
     if suffix != ".csv":
-        raise ValueError(f"unknown output format {suffix!r}; expected one of {OUT_SUFFIXES}")
-    from sknet._files import csv_cell
-
+        raise OutputError(f"unknown output format {suffix!r}; expected one of {OUT_SUFFIXES}")
     k = min(topk, record.num_classes)
     att_cols = _attention_columns(results)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["path", "status"]
+    head: list[Any] = ["path", "status"]
     for i in range(1, k + 1):
         head += [f"label_{i}", f"score_{i}"]
     head += ["error", *(csv_cell(f"{u} {b}") for u, b in att_cols)]

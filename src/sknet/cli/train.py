@@ -18,8 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sknet._files import check_out_arg
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, HelpFormatter
 from sknet.data import DATASET_NAMES
+from sknet.errors import ConfigError
+from sknet.train import (
+    list_presets,
+    load_config_file,
+    load_preset,
+    parse_set_options,
+    preset_path,
+    train,
+)
+from sknet.train.finetune import resolve_init
+from sknet.train.rundir import check_resumable, check_resume_overrides
 
 # First-class flags: (flag, config key, type, help)
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
@@ -119,8 +131,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from sknet.train import parse_set_options
-
     out: dict[str, Any] = {}
     for _flag, key, _typ, _help in _FLAGS:
         v = getattr(args, f"cfg_{key}")
@@ -137,7 +147,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of the record (survives redirection)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -160,8 +170,6 @@ def _setup_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sknet.train import list_presets, load_preset, preset_path, train
-
     if args.list_presets:
         for name in list_presets():
             cfg = load_preset(name)
@@ -170,8 +178,6 @@ def run(args: argparse.Namespace) -> int:
     if args.print_preset:
         print(preset_path(args.print_preset).read_text(encoding="utf-8"), end="")
         return 0
-
-    from sknet._files import check_out_arg
 
     check_out_arg(args.out, "--out")  # '' is an error, not "a new folder under ./runs"
     check_out_arg(args.resume, "--resume")
@@ -186,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
     else:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-            raise ValueError("pass --out RUN_DIR when running under torchrun")
+            raise ConfigError("pass --out RUN_DIR when running under torchrun")
         cfg = _resolved(cfg)  # the model name, for the directory name
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{cfg.preset or 'custom'}-{cfg.model}-{stamp}"
@@ -208,14 +214,11 @@ def run(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> Any:
     """The config of the command: a resumed run's own, a TOML file's or a preset's, with the
     command-line overrides applied."""
-    from sknet.train import load_config_file, load_preset
-    from sknet.train.rundir import check_resumable, check_resume_overrides
-
     overrides = _overrides(args)
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
-            raise ValueError("--resume continues RUN_DIR in place; do not pass a different --out")
+            raise ConfigError("--resume continues RUN_DIR in place; do not pass a different --out")
         check_resume_overrides(list(overrides))
         check_resumable(run_dir)
         return load_config_file(run_dir / "config.toml", **overrides)
@@ -227,8 +230,6 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _resolved(cfg: Any) -> Any:
     """``cfg`` with what ``--init`` determines filled in (model, image size, normalisation)."""
-    from sknet.train.finetune import resolve_init
-
     return resolve_init(cfg) if cfg.init else cfg
 
 
