@@ -17,7 +17,7 @@ failure as ``"failed: ..."``, and the next section runs. Sections, in order:
     sknet50 (quick: sknet_tiny) against the plain SK formulas (stack, sum, mean, softmax over
     the branches, product, sum; branch convolutions called as declared), its ``sknet.deploy``
     form against the eval model, and timm's ``skresnext50_32x4d`` converted with
-    ``sknet.convert.from_timm`` against timm itself; fp32 and bf16 autocast; outputs (eval) and
+    ``sknet.hub.from_timm`` against timm itself; fp32 and bf16 autocast; outputs (eval) and
     gradients (training mode). The Triton epilogue switch against the torch code. TF32 is off.
 ``ddp``
     One process, world size 1: NCCL (gloo on the CPU) process group, SyncBatchNorm-converted
@@ -543,7 +543,7 @@ def _timm_checks(ctx: Ctx, out: dict[str, Any], checks: list[dict[str, Any]]) ->
     except ImportError:
         out["timm"] = "skipped: timm not importable"
         return
-    from sknet.convert import from_timm
+    from sknet.hub import from_timm
 
     dev, plan = ctx.device, ctx.plan
     torch.manual_seed(0)

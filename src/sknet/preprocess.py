@@ -29,9 +29,15 @@ from sknet.errors import ConfigError, FileFormatError, InputError
 
 __all__ = [
     "CAFFE_MEAN_255",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
     "DATA_STATS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SYNTHETIC_MEAN",
+    "SYNTHETIC_STD",
     "Preprocess",
     "caffe_preprocess",
     "default_preprocess",
@@ -45,16 +51,23 @@ Triple = tuple[float, float, float]
 
 IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
 IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+CIFAR10_MEAN: Triple = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: Triple = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN: Triple = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD: Triple = (0.2673, 0.2564, 0.2762)
+#: The built-in synthetic shapes: [0, 1] images mapped to [-1, 1].
+SYNTHETIC_MEAN: Triple = (0.5, 0.5, 0.5)
+SYNTHETIC_STD: Triple = (0.5, 0.5, 0.5)
 #: The Caffe convention's mean, in BGR order and 0-255 units (std 1).
 CAFFE_MEAN_255: Triple = (104.0, 117.0, 123.0)
 #: Default ``(mean, std)`` per data kind (the values of :func:`sknet.data.normalization`).
 DATA_STATS: dict[str, tuple[Triple, Triple]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "cifar": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD),
 }
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -1,4 +1,5 @@
-"""The one Preprocess: its transform is predict's, bit for bit; the conventions agree."""
+"""The one Preprocess: its transform is the documented pipeline bit for bit (and predict's);
+the conventions agree."""
 
 from __future__ import annotations
 
@@ -33,13 +34,27 @@ def _image(w: int = 83, h: int = 61) -> Image.Image:
         default_preprocess(224, "imagenet"),
     ],
 )
-def test_transforms_are_predicts_bit_for_bit(pre: Preprocess) -> None:
+def test_transforms_are_the_documented_pipeline_bit_for_bit(pre: Preprocess) -> None:
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     img = _image()
-    ours, theirs = pre.transforms(), preprocess_transform(pre)
-    a, b = ours(img), theirs(img)
-    assert a.shape == (3, pre.input_size, pre.input_size)
-    assert torch.equal(a, b)
-    assert ours.geometry(img).size == theirs.geometry(img).size  # type: ignore[attr-defined]
+    mode = InterpolationMode(pre.interpolation)
+    if pre.resize is None:  # squash to the input size
+        view = TF.resize(img, [pre.input_size] * 2, interpolation=mode, antialias=True)
+    else:  # short side to resize, then the centre crop
+        view = TF.resize(img, pre.resize, interpolation=mode, antialias=True)
+        view = TF.center_crop(view, [pre.input_size] * 2)
+    x = TF.to_tensor(view)
+    if pre.channel_order == "BGR":
+        x = x.flip(0)
+    want = TF.normalize(x, list(pre.mean), list(pre.std))
+    ours = pre.transforms()
+    got = ours(img)
+    assert got.shape == (3, pre.input_size, pre.input_size)
+    assert torch.equal(got, want)
+    assert ours.geometry(img).size == view.size  # type: ignore[attr-defined]
+    assert torch.equal(preprocess_transform(pre)(img), want)  # predict uses the same
 
 
 def test_normalize_matches_the_transform_on_a_batch() -> None:

@@ -9,7 +9,7 @@ paired ratios from them.
 Contenders: sknet model names (suffix ``+deploy`` for the :func:`sknet.deploy` form, inference
 only) and timm models (prefix ``timm:``). sknet's ``sknet50`` / ``resnext50_32x4d`` can take the
 (random) weights of timm's ``skresnext50_32x4d`` / ``resnext50_32x4d`` through
-:func:`sknet.convert.from_timm`, with a check that the outputs then agree.
+:func:`sknet.hub.from_timm`, with a check that the outputs then agree.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import sknet
 from sknet._device import autocast, resolve_device
-from sknet.convert import from_timm
 from sknet.deploy import deploy
 from sknet.errors import ConfigError, DependencyError
+from sknet.hub.convert import from_timm
+from sknet.models import create_model, get_entry
 
 __all__ = [
     "DEFAULT_GROUPS",
@@ -219,7 +219,7 @@ class BenchConfig:
                     raise ConfigError(f"{c}: +deploy applies to sknet models only")
                 _timm()
             else:
-                sknet.get_entry(base)
+                get_entry(base)
         if self.groups is None:
             self.groups = parse_groups(device.type)
         for g in self.groups:
@@ -244,7 +244,7 @@ def build_contender(name: str, num_classes: int = 1000) -> nn.Module:
     if name.startswith("timm:"):
         model = _timm().create_model(name[5:], pretrained=False, num_classes=num_classes)
         return model.eval()
-    return sknet.create_model(name, num_classes=num_classes).eval()
+    return create_model(name, num_classes=num_classes).eval()
 
 
 def share_timm_weights(models: dict[str, nn.Module], size: int) -> dict[str, str]:
@@ -267,10 +267,10 @@ def share_timm_weights(models: dict[str, nn.Module], size: int) -> dict[str, str
         with torch.inference_mode():
             diff = float((a(x) - b(x)).abs().max())
         if diff > 1e-3:
-            # A self-check of sknet.convert, not of the user's input: a failure is a bug, so
+            # A self-check of sknet.hub.convert, not of the user's input: a failure is a bug, so
             # it is a plain RuntimeError on purpose (the CLI prints its traceback).
             raise RuntimeError(f"{ours} with {key}'s weights differs from it by {diff:.3g}")
-        notes[ours] = f"{key} weights via sknet.convert.from_timm; max |out diff| {diff:.1e}"
+        notes[ours] = f"{key} weights via sknet.hub.from_timm; max |out diff| {diff:.1e}"
     return notes
 
 

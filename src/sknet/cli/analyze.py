@@ -20,7 +20,7 @@ from sknet._files import check_out_arg
 from sknet.cli import DEVICE_HELP
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError, MissingFileError
-from sknet.loading import load
+from sknet.hub.load import load
 
 # sknet.analysis (and matplotlib with it) is imported in _analyze, when the command runs:
 # `sknet --help` and the other commands start without it.

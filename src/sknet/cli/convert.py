@@ -9,8 +9,9 @@ from typing import cast
 
 from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
-from sknet.convert import Source, convert_file
-from sknet.weights import save_weights
+from sknet.hub.convert import Source
+from sknet.hub.load import convert_file
+from sknet.hub.metadata import save_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,8 @@ from sknet._limits import check_image_side
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
-from sknet.loading import _looks_like_path, resolve_source
+from sknet.hub.load import looks_like_path as _looks_like_path
+from sknet.hub.load import resolve_source
 from sknet.train import evaluate_source
 
 

@@ -9,7 +9,8 @@ from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
 from sknet.errors import ConfigError
 from sknet.export import export_model
-from sknet.loading import _looks_like_path, load, resolve_source
+from sknet.hub.load import load, resolve_source
+from sknet.hub.load import looks_like_path as _looks_like_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:

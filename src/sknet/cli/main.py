@@ -12,9 +12,7 @@ How errors are reported is decided here, in :func:`report_error`, for every comm
   the user gave: missing, read-only, disk full, a folder where a file should be);
 * anything else is a bug: the traceback is printed, with a line saying so (exit status 2). A
   plain ``ValueError`` or ``TypeError`` is a bug too, wherever it comes from: the decision is
-  by type alone, never by guessing from the traceback who raised it. (Transitional, issue 16:
-  ``_PENDING_CONVERSION`` names the few exact functions elsewhere in sknet that still raise a
-  plain built-in type for a user error; each entry goes when its raise becomes an SKNetError.)
+  by type alone, never by guessing from the traceback who raised it.
 
 ``SKNET_DEBUG=1`` shows the traceback of user errors too.
 """
@@ -83,42 +81,7 @@ def is_user_error(exc: BaseException) -> bool:
     an :class:`~sknet.errors.SKNetError`, or an ``OSError`` naming a file (see module docs)."""
     if isinstance(exc, SKNetError):
         return True
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return True
-    return _pending_conversion(exc)
-
-
-# TRANSITIONAL (issue 16): deliberate raises of user errors in modules owned by other branches
-# that still raise a plain built-in type. Each entry names the exact function (module, name)
-# and type; nothing else is recognised. Delete an entry when its raise becomes an SKNetError,
-# and this table with _pending_conversion once it is empty.
-_PENDING_CONVERSION: frozenset[tuple[str, str, type[BaseException]]] = frozenset(
-    {
-        ("sknet.loading", "resolve_source", FileNotFoundError),
-        ("sknet.models._registry", "get_entry", ValueError),
-        ("sknet.convert", "read_state_dict", ValueError),
-        ("sknet.convert", "read_state_dict", FileNotFoundError),
-        ("sknet.data.real", "_resolve_cifar_dir", FileNotFoundError),
-        ("sknet.train.config", "preset_path", ValueError),
-        ("sknet.train.config", "load_config_file", FileNotFoundError),
-        ("sknet.train.rundir", "check_resumable", FileNotFoundError),
-        ("sknet.train.pipeline", "build_data", ValueError),
-        ("sknet.train.evaluate", "_eval_data", ValueError),
-        ("sknet.train.trainer", "next_batch", RuntimeError),
-        ("sknet.analysis.ablate", "get_experiment", ValueError),
-        ("sknet.analysis.attention", "unit_infos", ValueError),
-    }
-)
-
-
-def _pending_conversion(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    site = (tb.tb_frame.f_globals.get("__name__"), tb.tb_frame.f_code.co_name)
-    return any(site == (m, f) and type(exc) is t for m, f, t in _PENDING_CONVERSION)
+    return isinstance(exc, OSError) and exc.filename is not None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from sknet._files import (
 )
 from sknet.cli import DEVICE_HELP, examples
 from sknet.errors import ConfigError, OutputError
-from sknet.loading import load, resolve_source
+from sknet.hub.load import load, resolve_source
 from sknet.predict import expand_inputs, explain_names, predict, save_explanation
 
 #: Up to this many images the results are printed as a table without a progress bar.

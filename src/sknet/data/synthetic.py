@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from sknet.data.names import DEFAULT_SCALE_RANGE
 from sknet.errors import DataError
+from sknet.preprocess import SYNTHETIC_MEAN, SYNTHETIC_STD
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -58,8 +59,6 @@ SHAPE_CLASSES: tuple[str, ...] = (
 
 #: Per-channel normalisation constants for :class:`SyntheticShapes` (documented choice, not
 #: measured statistics): ``(x - 0.5) / 0.5`` maps ``[0, 1]`` to ``[-1, 1]``.
-SYNTHETIC_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-SYNTHETIC_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 _SPLIT_IDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 # Constant mixed into every seed so these streams do not coincide with other uses of the seed.

@@ -20,8 +20,15 @@ from collections.abc import Sequence
 from torchvision import transforms as T
 
 from sknet.errors import ConfigError
-
-from .synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
+from sknet.preprocess import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DATA_STATS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -37,12 +44,6 @@ __all__ = [
     "train_transform",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 
 #: Accepted ``kind`` values (aliases included).
 TRANSFORM_KINDS: tuple[str, ...] = (
@@ -63,14 +64,7 @@ _CANONICAL = {
     "synthetic": "synthetic",
 }
 
-_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
-    "cifar": (CIFAR10_MEAN, CIFAR10_STD),
-    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-    "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD),
-}
+_STATS = DATA_STATS  # one copy of the statistics: sknet.preprocess
 
 _DEFAULT_SIZE = {"imagenet": 224, "cifar": 32, "synthetic": 48}
 

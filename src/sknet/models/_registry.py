@@ -10,8 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sknet._suggest import close_names, with_suggestion
-from sknet._typecheck import coerce_field
+from sknet._typecheck import coerce_field, suggest
 from sknet.errors import ConfigError, DependencyError, OverrideError
 from sknet.models._base import SKNetModel
 from sknet.models._features import FeatureNet
@@ -119,8 +118,8 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = close_names(name, _REGISTRY, n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        close = suggest(name, _REGISTRY, n=4, cutoff=0.5, quote=False)
+        hint = f"; {close}" if close else ""
         raise ConfigError(
             f"unknown model {name!r}{hint} (see sknet.list_models() for all {len(_REGISTRY)} names)"
         ) from None
@@ -133,7 +132,7 @@ def apply_overrides(config: Any, overrides: dict[str, Any], name: str) -> Any:
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        hints = [with_suggestion(k, fields) for k in unknown]
+        hints = [f"{k!r} ({h})" if (h := suggest(k, fields)) else repr(k) for k in unknown]
         raise OverrideError(
             f"create_model({name!r}): unknown override {', '.join(hints)}; valid overrides "
             f"are {', '.join(sorted(fields))}"

@@ -3,7 +3,7 @@
 Papers: Li et al., "Selective Kernel Networks", CVPR 2019; He et al., "Deep Residual Learning
 for Image Recognition" (ResNet), CVPR 2016. The architecture reproduces timm's ``skresnet18`` /
 ``skresnet34`` (``timm.models.sknet``), so timm's ImageNet weights (``skresnet18.ra_in1k``,
-``skresnet34.ra_in1k``) load into it with a key rename (:func:`sknet.convert.from_timm`).
+``skresnet34.ra_in1k``) load into it with a key rename (:func:`sknet.hub.from_timm`).
 
 Unit: SKConv (stride on every branch) -> 3x3 conv + BN -> add -> ReLU, with a 1x1 conv + BN
 projection shortcut where the shape changes; ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool).

@@ -22,9 +22,9 @@ import numpy as np
 from sknet._files import atomic_save
 from sknet.errors import ConfigError
 from sknet.layers.sk import BranchSpec
-from sknet.loading import Preprocess
 from sknet.predict.inference import Prediction
 from sknet.predict.inputs import preprocess_transform
+from sknet.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from PIL import Image

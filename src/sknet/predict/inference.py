@@ -21,10 +21,12 @@ from torch import nn
 
 from sknet._device import resolve_device
 from sknet.errors import ConfigError, InputTypeError
+from sknet.hub.load import load
+from sknet.hub.record import ModelRecord
 from sknet.layers.sk import BranchSpec
-from sknet.loading import ModelRecord, Preprocess, default_preprocess, load
 from sknet.models import capture_attention, sk_units
 from sknet.predict.inputs import ImageInput, _read, expand_inputs, preprocess_transform
+from sknet.preprocess import Preprocess, default_preprocess
 
 __all__ = ["Prediction", "ProgressFn", "branch_names", "predict"]
 

@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from sknet.errors import (
-    ConfigError,
     CorruptImageError,
     FileFormatError,
     InputError,
     InputTypeError,
     MissingFileError,
 )
-from sknet.loading import Preprocess
+from sknet.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -167,46 +166,13 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[Any]:
 
 
 def preprocess_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> normalised ``(3, input_size, input_size)`` tensor (see module docs).
+    """PIL RGB image -> normalised ``(3, input_size, input_size)`` tensor: ``pre.transforms()``
+    (:meth:`sknet.Preprocess.transforms`, the one eval transform), kept under this name.
 
     The returned function has a ``geometry`` attribute: the resize and crop alone, PIL image to
     PIL image (what the model sees, as drawn by :func:`sknet.predict.save_explanation`).
     """
-    from torchvision import transforms as T
-
-    modes = {
-        "bilinear": T.InterpolationMode.BILINEAR,
-        "bicubic": T.InterpolationMode.BICUBIC,
-        "nearest": T.InterpolationMode.NEAREST,
-    }
-    if pre.interpolation not in modes:
-        raise ConfigError(
-            f"unknown interpolation {pre.interpolation!r}; expected one of {', '.join(modes)}"
-        )
-    if pre.channel_order not in ("RGB", "BGR"):
-        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {pre.channel_order!r}")
-    mode = modes[pre.interpolation]
-    size = int(pre.input_size)
-    if pre.resize is None:
-        steps: list[Any] = [T.Resize((size, size), interpolation=mode, antialias=True)]
-    else:
-        steps = [
-            T.Resize(int(pre.resize), interpolation=mode, antialias=True),
-            T.CenterCrop(size),
-        ]
-    geometry = T.Compose(steps)
-    to_tensor = T.ToTensor()
-    normalize = T.Normalize(list(pre.mean), list(pre.std))
-    bgr = pre.channel_order == "BGR"
-
-    def transform(img: Image.Image) -> torch.Tensor:
-        x = to_tensor(geometry(img))
-        if bgr:
-            x = x.flip(0)
-        return normalize(x)
-
-    transform.geometry = geometry  # type: ignore[attr-defined]  # the crop the model sees
-    return transform
+    return pre.transforms()
 
 
 # ----------------------------------------------------------------------------------- reading

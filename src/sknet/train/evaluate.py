@@ -22,7 +22,7 @@ from sknet._device import autocast
 from sknet._limits import check_image_side
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE, align_classes, eval_resize_size
 from sknet.errors import ConfigError, DataError
-from sknet.loading import load
+from sknet.hub.load import load
 from sknet.train.distributed import DistInfo, all_reduce_sum, resolve_device
 from sknet.train.pipeline import eval_loader, make_eval_dataset
 

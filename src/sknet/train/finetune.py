@@ -24,7 +24,8 @@ from torch import nn
 
 from sknet._json import jsonable
 from sknet.errors import ConfigError
-from sknet.loading import check_state_fits, load
+from sknet.hub.load import load
+from sknet.hub.read import check_state_fits
 from sknet.models import get_entry
 from sknet.train.checkpoint import weights_digest
 from sknet.train.config import TrainConfig

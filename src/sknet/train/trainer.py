@@ -48,7 +48,6 @@ from torch.utils.data import DataLoader
 from sknet import errors
 from sknet._device import autocast
 from sknet._files import RunLock
-from sknet._json import jsonable
 from sknet.complexity import complexity
 from sknet.errors import (
     ConfigError,
@@ -60,9 +59,10 @@ from sknet.errors import (
     SKNetError,
     TrainingError,
 )
-from sknet.loading import default_preprocess
+from sknet.hub.metadata import checkpoint_meta, save_weights
 from sknet.models import create_model
 from sknet.models._base import SKNetModel
+from sknet.preprocess import default_preprocess
 from sknet.train import rundir
 from sknet.train.checkpoint import (
     capture_rng_state,
@@ -93,7 +93,6 @@ from sknet.train.pipeline import (
 )
 from sknet.train.rundir import RESUME_MUTABLE_KEYS, pct
 from sknet.train.state import TrainState
-from sknet.weights import arch_config_of, save_weights
 
 __all__ = [
     "RESUME_MUTABLE_KEYS",
@@ -218,22 +217,19 @@ def _error_named(name: str, message: str) -> Exception:
 def _model_meta(
     cfg: TrainConfig, model: SKNetModel, data: DataBundle, provenance: dict[str, Any]
 ) -> dict[str, Any]:
-    """What a checkpoint records about the network and its inputs (read by sknet.load)."""
-    meta = {
-        "model": cfg.model,
-        "num_classes": int(model.num_classes),
-        "in_chans": int(model.in_chans),
-        "model_overrides": jsonable(dict(cfg.model_overrides)),
-        "arch": arch_config_of(model),
-        "classes": list(data.classes) if data.classes else None,
-        "image_size": int(data.image_size),
-        "data": cfg.data,
-        "mean": [float(x) for x in data.mean],
-        "std": [float(x) for x in data.std],
-    }
-    if provenance:  # fine-tuned runs only: earlier checkpoints have no such key
-        meta["provenance"] = provenance
-    return meta
+    """What a checkpoint records about the network and its inputs: the checkpoint dialect of the
+    one metadata schema (:func:`sknet.hub.metadata.checkpoint_meta`, read back by sknet.load)."""
+    return checkpoint_meta(
+        model,
+        name=cfg.model,
+        overrides=cfg.model_overrides,
+        classes=data.classes,
+        image_size=data.image_size,
+        data=cfg.data,
+        mean=data.mean,
+        std=data.std,
+        provenance=provenance,
+    )
 
 
 class _Window:
