@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet import train as _train_mod
-from sknet._files import atomic_save
+from sknet._files import atomic_write_text
 from sknet._json import jsonable
 from sknet.complexity import complexity
 from sknet.data import SyntheticShapes
@@ -286,10 +286,6 @@ def experiment_rows(name: str, base: str) -> list[AblationRow]:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_save(lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), path)
 
 
 def _complexity(row: AblationRow, num_classes: int, image_size: int | None) -> dict[str, int]:
@@ -564,8 +560,8 @@ class _Sweep:
             )
             for r in self.rows
         ]
-        _atomic_write(self.out / TABLE_JSON, json.dumps(self.doc, indent=1) + "\n")
-        _atomic_write(self.out / TABLE_MD, markdown_table(self.doc))
+        atomic_write_text(self.out / TABLE_JSON, json.dumps(self.doc, indent=1) + "\n")
+        atomic_write_text(self.out / TABLE_MD, markdown_table(self.doc))
 
     def collect_finished(
         self, configs: dict[tuple[str, int], Any]
@@ -600,7 +596,7 @@ class _Sweep:
             "seed": seed,
             "summary": jsonable(summary),
         }
-        _atomic_write(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
         self.say(f"{row.name} seed {seed}: top-1 error {_top1_err(record['summary']):.2f}%")
         self.results[(row.name, seed)] = {"seed": seed, "run_dir": str(run_dir), **record}
         self.write_table()

@@ -23,6 +23,7 @@ from sknet._limits import check_image_side
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE, align_classes, eval_resize_size
 from sknet.errors import ConfigError, DataError
 from sknet.hub.load import load
+from sknet.hub.record import ModelRecord
 from sknet.train.distributed import DistInfo, all_reduce_sum, resolve_device
 from sknet.train.pipeline import eval_loader, make_eval_dataset
 
@@ -211,9 +212,8 @@ def _evaluate_source(
     if sizes is not None:  # before loading anything: a huge size would ask for tens of GiB
         sizes = [check_image_side(s, "sizes", config=True) for s in sizes]
     model, record = load(source)
-    info = record.info()
     data, data_dir, same_data = _eval_data(source, record, data, data_dir)
-    native = int(info["image_size"]) if same_data else (32 if data.startswith("cifar") else 224)
+    native = record.image_size if same_data else (32 if data.startswith("cifar") else 224)
     if sizes is None:
         sizes = default_eval_sizes(data, native)
     for s in sizes:
@@ -248,12 +248,12 @@ def _evaluate_source(
         resize = eval_resize_size(size, ratio) if data == "imagefolder" else None
         results.append({"size": size, "resize": resize, **r})
     return {
-        "source": info["source"],
-        "model": info["model"],
-        "model_overrides": info.get("model_overrides", {}),
+        "source": record.source,
+        "model": record.name,
+        "model_overrides": record.model_overrides,
         "data": data,
         "data_dir": data_dir,
-        "num_classes": info["num_classes"],
+        "num_classes": record.num_classes,
         "protocol": "single centre crop"
         + (" (resize short side to size / crop ratio)" if data == "imagefolder" else ""),
         "results": [
@@ -267,29 +267,28 @@ def _evaluate_source(
 
 
 def _eval_data(
-    source: str | os.PathLike, record: Any, data: str | None, data_dir: str | None
+    source: str | os.PathLike, record: ModelRecord, data: str | None, data_dir: str | None
 ) -> tuple[str, str | None, bool]:
     """The data to evaluate on (default: the weights' own), its folder, and whether it is the
     data the weights were trained on."""
-    info = record.info()
-    cfg = info.get("config") or {}
-    data = data or info.get("data") or ("imagefolder" if record.preprocess.resize else None)
+    cfg = record.train_config or {}
+    data = data or record.data or ("imagefolder" if record.preprocess.resize else None)
     if not data:
         raise ConfigError(
             f"{source}: the weights do not say which data they were trained on; pass --data"
         )
     if data not in DATASET_NAMES:
         raise ConfigError(f"unknown data {data!r}; expected {', '.join(DATASET_NAMES)}")
-    same_data = data == info.get("data")
+    same_data = data == record.data
     if data_dir is None and same_data:
-        data_dir = info.get("data_dir") or cfg.get("data_dir") or None
+        data_dir = record.data_dir or cfg.get("data_dir") or None
     if data != "synthetic" and not data_dir:
         raise ConfigError(f"data={data!r} needs a data directory: pass --data-dir DIR")
     return data, data_dir, same_data
 
 
 def _eval_dataset(
-    record: Any,
+    record: ModelRecord,
     data: str,
     data_dir: str | None,
     size: int,
@@ -297,15 +296,14 @@ def _eval_dataset(
     val_samples: int | None,
 ) -> Any:
     """The evaluation split at ``size``, prepared as the weights expect, classes matched."""
-    info = record.info()
-    cfg = info.get("config") or {}
+    cfg = record.train_config or {}
     own_pre = _own_preprocessing(record, data, same_data)
     ds = make_eval_dataset(
         data,
         data_dir=data_dir,
         image_size=size,
-        mean=info["mean"] if own_pre else None,
-        std=info["std"] if own_pre else None,
+        mean=tuple(record.preprocess.mean) if own_pre else None,
+        std=tuple(record.preprocess.std) if own_pre else None,
         num_samples=val_samples or int(cfg.get("val_samples", 2000)),
         seed=int(cfg.get("seed", 0)),
         scale_range=tuple(cfg.get("scale_range", DEFAULT_SCALE_RANGE)),
@@ -318,20 +316,20 @@ def _eval_dataset(
     return ds
 
 
-def _own_preprocessing(record: Any, data: str, same_data: bool) -> bool:
+def _own_preprocessing(record: ModelRecord, data: str, same_data: bool) -> bool:
     """Whether the weights' own preprocessing applies: to their own kind of data (foreign
     ImageNet weights carry no data name: theirs is imagefolder)."""
     return same_data or (record.data is None and data == "imagefolder")
 
 
-def crop_ratio(record: Any) -> float:
+def crop_ratio(record: ModelRecord) -> float:
     """The weights' centre-crop ratio (crop / short-side resize; timm's crop_pct), 0.875 when
     they do not say."""
     pre = record.preprocess
     return pre.input_size / pre.resize if pre.resize else 0.875
 
 
-def _match_classes(ds: Any, record: Any, data: str, data_dir: str | None) -> None:
+def _match_classes(ds: Any, record: ModelRecord, data: str, data_dir: str | None) -> None:
     """Match the evaluation folder's classes to the model's by name (imagefolder data)."""
     if data != "imagefolder":
         return
