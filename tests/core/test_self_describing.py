@@ -169,3 +169,13 @@ def test_data_config_json_round_trip() -> None:
     assert DataConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(SKNetError):
         DataConfig.from_json('{"classes": []}', where="f.onnx")
+
+
+def test_pt2_carries_the_data_config(tmp_path: Path) -> None:
+    from sknet.export import export_model, read_pt2_data_config
+
+    model = sknet.create_model("sknet_tiny", num_classes=3)
+    model.data_config = DataConfig(Preprocess(input_size=40, resize=44), ("a", "b", "c"))
+    result = export_model(model, tmp_path / "m.pt2", check=False)
+    assert result.input_shape[-1] == 40  # the data config's input size
+    assert read_pt2_data_config(tmp_path / "m.pt2") == model.data_config
