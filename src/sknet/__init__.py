@@ -22,14 +22,20 @@ from sknet.models import (
     list_models,
     sk_units,
 )
-from sknet.predict import Prediction, predict  # the function shadows the module name (as intended)
-from sknet.preprocess import Preprocess
+from sknet.predict import (  # the function shadows the module name (as intended)
+    Prediction,
+    create_transform,
+    predict,
+    resolve_data_config,
+)
+from sknet.preprocess import DataConfig, Preprocess
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BranchSpec",
     "Complexity",
+    "DataConfig",
     "FeatureNet",
     "FrozenBatchNorm2d",
     "ModelRecord",
@@ -44,6 +50,7 @@ __all__ = [
     "capture_attention",
     "complexity",
     "create_model",
+    "create_transform",
     "deploy",
     "freeze_batchnorm",
     "get_entry",
@@ -51,5 +58,6 @@ __all__ = [
     "list_pretrained",
     "load",
     "predict",
+    "resolve_data_config",
     "sk_units",
 ]

@@ -17,9 +17,10 @@ inside :meth:`Preprocess.transforms`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "IMAGENET_STD",
     "SYNTHETIC_MEAN",
     "SYNTHETIC_STD",
+    "DataConfig",
     "Preprocess",
     "caffe_preprocess",
     "default_preprocess",
@@ -265,3 +267,78 @@ def default_preprocess(
         mean=(m[0], m[1], m[2]),
         std=(s[0], s[1], s[2]),
     )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What a model expects and answers: its input :class:`Preprocess` and its class names.
+
+    Every model sknet returns carries one as ``model.data_config`` (None where the
+    preprocessing is truly unknown); :func:`sknet.predict`, evaluation and export read it.
+    ``classes`` are the readable names in label order (None: unknown, e.g. a fresh head);
+    ``class_ids`` the identifiers data folders use for them (ImageNet's WordNet ids);
+    ``provenance`` where the weights came from (``{"init": "random"}`` for untrained weights);
+    ``source`` what the model was loaded from (a registry name, a file, a tag).
+    """
+
+    preprocess: Preprocess
+    classes: tuple[str, ...] | None = None
+    class_ids: tuple[str, ...] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: str | None = None
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the weights are a random initialisation (a bare registry name)."""
+        return self.provenance.get("init") == "random"
+
+    def transforms(self) -> Callable[[Any], torch.Tensor]:
+        """The evaluation transform: :meth:`Preprocess.transforms`."""
+        return self.preprocess.transforms()
+
+    def without_classes(self) -> DataConfig:
+        """The same preprocessing for a fresh classifier: no class names."""
+        return DataConfig(self.preprocess, None, None, dict(self.provenance), self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: ``preprocess`` fields, ``classes``, ``class_ids``, ``source``."""
+        return {
+            "preprocess": self.preprocess.to_dict(),
+            "classes": list(self.classes) if self.classes is not None else None,
+            "class_ids": list(self.class_ids) if self.class_ids is not None else None,
+            "source": self.source,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: object = None) -> DataConfig:
+        """The inverse of :meth:`to_dict`, every field checked (bad values raise
+        :class:`FileFormatError` naming ``where``, or :class:`ConfigError` without it)."""
+        error = ConfigError if where is None else FileFormatError
+        label = where if where is not None else "data config"
+        if not isinstance(d, Mapping) or "preprocess" not in d:
+            raise error(f"{label}: a data config needs a 'preprocess' table")
+        pre = Preprocess.from_dict(d["preprocess"], where)
+
+        def names(key: str) -> tuple[str, ...] | None:
+            v = d.get(key)
+            if v is None:
+                return None
+            if not isinstance(v, (list, tuple)) or len(v) > _limits.MAX_CLASSES:
+                raise error(f"{label}: {key} must be a list of names")
+            return tuple(_show(c, 1000) for c in v)
+
+        source = d.get("source")
+        shown = _show(source, 1000) if source is not None else None
+        return cls(pre, names("classes"), names("class_ids"), {}, shown)
+
+    @classmethod
+    def from_json(cls, text: str, where: object = None) -> DataConfig:
+        """:meth:`from_dict` of a JSON text (size and depth bounded)."""
+        return cls.from_dict(_limits.parse_json(text, "data config", where or "data config"), where)

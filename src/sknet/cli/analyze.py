@@ -20,7 +20,7 @@ from sknet._files import check_out_arg
 from sknet.cli import DEVICE_HELP
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError, MissingFileError
-from sknet.hub.load import load
+from sknet.hub.load import is_random_source, load, random_weights_hint
 
 # sknet.analysis (and matplotlib with it) is imported in _analyze, when the command runs:
 # `sknet --help` and the other commands start without it.
@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SOURCE",
         help="run directory, .pt checkpoint or .safetensors weights (e.g. from "
         "'sknet convert --from timm')",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a bare model name (random weights, for smoke tests)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -137,8 +142,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(source: str) -> tuple[Any, dict[str, Any]]:
+def _load(source: str, random_weights: bool = False) -> tuple[Any, dict[str, Any]]:
     """(model in eval mode, info) from a run dir, checkpoint or safetensors file."""
+    if is_random_source(source):
+        if not random_weights:
+            raise ConfigError(random_weights_hint(source))
+        model, record = load(source, random_weights=True)
+        return model.eval(), record.info()
     path = Path(source)
     if not path.exists():
         raise MissingFileError(f"no run directory, checkpoint or weights file at {source}")
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be >= 1, got {args.num_images}")
     args.device = str(resolve_device(args.device))
-    model, info = _load(args.source)
+    model, info = _load(args.source, args.random_weights)
     if not args.no_deploy:
         model = sknet.deploy(model.to(args.device))
     # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's;

@@ -16,8 +16,8 @@ from sknet._limits import check_image_side
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
+from sknet.hub.load import is_random_source, random_weights_hint, resolve_source
 from sknet.hub.load import looks_like_path as _looks_like_path
-from sknet.hub.load import resolve_source
 from sknet.train import evaluate_source
 
 
@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "source",
         metavar="SOURCE",
         help="run directory, checkpoint .pt, .safetensors, or published weights (sknet50.ra_in1k)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a bare model name (random weights, for smoke tests)",
     )
     p.add_argument(
         "--data", default=None, choices=DATASET_NAMES, help="dataset (default: the run's)"
@@ -90,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     # A file source is protected from being overwritten, and so is every existing file of the
     # run directory it belongs to (RUN, RUN/model.safetensors or RUN/checkpoints/last.pt alike);
     # a registry name has no file here.
+    if not args.random_weights and is_random_source(args.source):
+        raise ConfigError(random_weights_hint(args.source))
     sources = []
     if _looks_like_path(args.source):
         sources = [Path(args.source), resolve_source(args.source)[0]]
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         progress=not args.json,
         threads=args.threads,
+        random_weights=args.random_weights,
     )
     text = json.dumps(res, indent=2)
     if out is not None:

@@ -9,7 +9,7 @@ from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
 from sknet.errors import ConfigError
 from sknet.export import export_model
-from sknet.hub.load import load, resolve_source
+from sknet.hub.load import is_random_source, load, random_weights_hint, resolve_source
 from sknet.hub.load import looks_like_path as _looks_like_path
 
 
@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("source", help="model name, weights file (.safetensors), checkpoint or run dir")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a bare model name (random weights, for smoke tests)",
+    )
     p.add_argument(
         "--format", choices=["onnx", "pt2"], default=None, help="file format (default: from --out)"
     )
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if suffix not in ("onnx", "pt2"):
             raise ConfigError("give --format onnx|pt2 (or an --out file ending in .onnx / .pt2)")
         fmt = suffix
+    if not args.random_weights and is_random_source(args.source):
+        raise ConfigError(random_weights_hint(args.source))
     sources, protected = [], []
     if _looks_like_path(args.source):
         if args.num_classes is not None:
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         suffixes=(f".{fmt}",),
         what="--out",
     )
-    model, record = load(args.source, num_classes=args.num_classes)
+    model, record = load(args.source, num_classes=args.num_classes, random_weights=True)
     size = args.input_size or record.image_size
     result = export_model(
         model,

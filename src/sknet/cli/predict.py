@@ -38,7 +38,7 @@ from sknet._files import (
 )
 from sknet.cli import DEVICE_HELP, examples
 from sknet.errors import ConfigError, OutputError
-from sknet.hub.load import load, resolve_source
+from sknet.hub.load import is_random_source, load, random_weights_hint, resolve_source
 from sknet.predict import expand_inputs, explain_names, predict, save_explanation
 
 #: Up to this many images the results are printed as a table without a progress bar.
@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "source",
         metavar="SOURCE",
         help="run directory, checkpoint .pt, .safetensors file or registry name[.tag]",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a bare model name (random weights, for smoke tests)",
     )
     p.add_argument(
         "inputs", metavar="INPUT", nargs="+", help="image files, folders or glob patterns"
@@ -104,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # an unknown device is an error before any work
     files = expand_inputs(args.inputs)
     out, figures = _check_outputs(args, files)  # before any work
-    model, record = load(args.source)
+    if not args.random_weights and is_random_source(args.source):
+        raise ConfigError(random_weights_hint(args.source))
+    model, record = load(args.source, random_weights=True)
     many = len(files) > TABLE_MAX
     results = _predict(args, model, record, files, device, many)
     if out is not None:  # the predictions first: a figure that fails cannot lose them

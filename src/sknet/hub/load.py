@@ -38,6 +38,7 @@ never imports weights I/O.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,15 +70,17 @@ from sknet.hub.read import (
     require_file,
     safetensors_specs,
 )
-from sknet.hub.record import ModelRecord, make_record, num_classes_of, with_new_head
+from sknet.hub.record import ModelRecord, attach, make_record, num_classes_of, with_new_head
 from sknet.hub.table import (
     PretrainedCfg,
     class_names,
     get_pretrained_cfg,
     imagenet_classes,
+    list_pretrained,
     resolve_pretrained,
 )
 from sknet.models import SKNetModel, create_model, get_entry, list_models, set_weights_loader
+from sknet.models._base import family_data_config
 from sknet.preprocess import Preprocess, default_preprocess
 
 __all__ = [
@@ -94,6 +97,7 @@ __all__ = [
     "load_weights",
     "looks_like_path",
     "prepare_weights",
+    "random_weights_hint",
     "resolve_source",
 ]
 
@@ -134,12 +138,41 @@ def looks_like_path(text: str) -> bool:
     )
 
 
+def is_random_source(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a bare registry name: :func:`load` gives random weights for it."""
+    text = os.fspath(source)
+    return not looks_like_path(text) and text in list_models()
+
+
+def random_weights_hint(source: str) -> str:
+    """The one line saying that ``source`` has no weights and how to get some."""
+    tags = _tags_of(source)[:3]
+    example = tags[0] if tags else f"{source}.<tag>"
+    more = f" (published: {', '.join(tags)})" if tags else ""
+    return (
+        f"{source!r} is a model name without weights (random initialisation): give published "
+        f"weights as a tag like {example!r}{more}, a weights file, checkpoint or run directory, "
+        "or --random-weights for a smoke test"
+    )
+
+
+def _tags_of(name: str) -> list[str]:
+    """The published-weights tags of ``name``, its default first."""
+    tags = [t for t in list_pretrained(f"{name}.*") if t.split(".", 1)[0] == name]
+    try:
+        default = get_pretrained_cfg(name).name
+    except Exception:  # no published weights: nothing to put first
+        return tags
+    return sorted(tags, key=lambda t: t != default)
+
+
 def load(
     source: str | os.PathLike,
     *,
     name: str | None = None,
     num_classes: int | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    random_weights: bool = False,
 ) -> tuple[nn.Module, ModelRecord]:
     """Load a model from any source (see the module docs); returns ``(model.eval(), record)``.
 
@@ -150,6 +183,8 @@ def load(
         num_classes: for a registry name, the classifier width. For weights, a value other
             than the file's keeps the backbone and gives a fresh classifier (logged).
         checkpoint_path: for published weights, a local copy of the file (no download).
+        random_weights: a bare registry name gives a randomly initialised model; it warns
+            (``UserWarning``) unless this is True.
 
     Raises:
         FileNotFoundError: no such file or run directory.
@@ -159,7 +194,12 @@ def load(
     """
     text = os.fspath(source)
     if not looks_like_path(text):
-        return _load_registry(text, num_classes=num_classes, checkpoint_path=checkpoint_path)
+        return _load_registry(
+            text,
+            num_classes=num_classes,
+            checkpoint_path=checkpoint_path,
+            random_weights=random_weights,
+        )
     path, kind = resolve_source(text)
     if kind == "checkpoint":
         model, record = _load_checkpoint(path)
@@ -171,16 +211,31 @@ def load(
 
 
 def _load_registry(
-    text: str, *, num_classes: int | None, checkpoint_path: str | os.PathLike | None
+    text: str,
+    *,
+    num_classes: int | None,
+    checkpoint_path: str | os.PathLike | None,
+    random_weights: bool,
 ) -> tuple[nn.Module, ModelRecord]:
     if "." in text and text not in list_models():
         return load_pretrained(text, num_classes=num_classes, checkpoint_path=checkpoint_path)
     entry = get_entry(text)  # unknown names raise with suggestions
     model = create_model(text, num_classes=num_classes)
+    if not random_weights:
+        warnings.warn(
+            f"sknet.load({text!r}): the weights are random (no tag, file or run given); "
+            f"load published weights with a tag (sknet.list_pretrained({text + '*'!r})) or a "
+            "file, or pass random_weights=True",
+            UserWarning,
+            stacklevel=3,
+        )
+    family = family_data_config(model)
     record = make_record(
         model,
         name=text,
-        preprocess=default_preprocess(entry.input_size, None),
+        preprocess=family.preprocess
+        if family is not None
+        else default_preprocess(entry.input_size, None),
         source=text,
         source_kind="registry",
         provenance={"init": "random"},
@@ -603,8 +658,8 @@ class PreparedWeights:
         record = self.record(model)
         if num_classes is not None and num_classes != record.num_classes:
             model, record = with_new_head(model, record, num_classes)
+        attach(model, record)
         loaded: Any = model
-        loaded.class_names = record.classes
         loaded.pretrained_record = record
 
 

@@ -45,7 +45,7 @@ from sknet.errors import ConfigError, FileFormatError
 from sknet.hub.read import read_metadata
 from sknet.hub.record import arch_config_of
 from sknet.models import get_entry, list_models
-from sknet.preprocess import Preprocess, _guard_int, _show, _triple, default_preprocess
+from sknet.preprocess import DataConfig, Preprocess, _guard_int, _show, _triple, default_preprocess
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -91,8 +91,12 @@ def weights_metadata(
     if not name:
         raise ConfigError("save_weights needs the registry name of the model (name=...)")
     arch = arch_config_of(model)
+    own = getattr(model, "data_config", None)  # what the model carries (sknet.DataConfig)
+    own = own if isinstance(own, DataConfig) else None
     if classes is None:
-        classes = getattr(model, "class_names", None)
+        classes = own.classes if own is not None else getattr(model, "class_names", None)
+    if preprocess is None and own is not None:
+        preprocess = own.preprocess
     if classes is not None:
         classes = [str(c) for c in classes]
         if len(classes) != int(m.num_classes):
@@ -144,8 +148,9 @@ def save_weights(
         name: registry name (default: the model's own).
         overrides: the build-time overrides, recorded for information (the full config is what
             loading uses).
-        classes: class names in label order; default: ``model.class_names`` when set.
-        preprocess: input preparation (a :class:`sknet.Preprocess` or its fields).
+        classes: class names in label order; default: the model's ``data_config.classes``.
+        preprocess: input preparation (a :class:`sknet.Preprocess` or its fields); default:
+            the model's ``data_config.preprocess``.
         provenance: where the weights come from (JSON-able dict).
         extra: further string metadata.
     """

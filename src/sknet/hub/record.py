@@ -11,12 +11,13 @@ from torch import nn
 
 from sknet._json import jsonable
 from sknet.errors import ConfigError
-from sknet.preprocess import Preprocess
+from sknet.preprocess import DataConfig, Preprocess
 
 __all__ = [
     "ModelRecord",
     "SourceKind",
     "arch_config_of",
+    "attach",
     "make_record",
     "num_classes_of",
     "with_new_head",
@@ -55,6 +56,17 @@ class ModelRecord:
     def image_size(self) -> int:
         """The model's input side (``preprocess.input_size``)."""
         return self.preprocess.input_size
+
+    @property
+    def data_config(self) -> DataConfig:
+        """What the loaded model carries as ``model.data_config``."""
+        return DataConfig(
+            preprocess=self.preprocess,
+            classes=self.classes,
+            class_ids=self.class_ids,
+            provenance=dict(self.provenance),
+            source=self.source,
+        )
 
     def info(self) -> dict[str, Any]:
         """The record as the plain dict that eval/analyze reports carry."""
@@ -106,7 +118,9 @@ def make_record(
     provenance: dict[str, Any] | None = None,
 ) -> ModelRecord:
     """The record of ``model`` (architecture, classes, input channels read from it), attached
-    to it as ``model.model_overrides`` / ``model.class_names``."""
+    to it as ``model.data_config`` (:class:`sknet.DataConfig`: preprocessing, classes,
+    provenance; what predict, evaluation and export read), ``model.model_overrides`` and
+    ``model.class_names``."""
     m = cast(Any, model)
     record = ModelRecord(
         name=name,
@@ -124,9 +138,16 @@ def make_record(
         model_overrides=dict(model_overrides or {}),
         provenance=dict(provenance or {}),
     )
+    attach(model, record)
+    return record
+
+
+def attach(model: nn.Module, record: ModelRecord) -> None:
+    """Set ``model.data_config`` (and ``class_names``, ``model_overrides``) from ``record``."""
+    m = cast(Any, model)
+    m.data_config = record.data_config
     m.model_overrides = dict(record.model_overrides)
     m.class_names = record.classes
-    return record
 
 
 def with_new_head(
@@ -143,6 +164,6 @@ def with_new_head(
     )
     m = cast(Any, model)
     m.reset_classifier(num_classes)
-    m.class_names = None
     record = dataclasses.replace(record, num_classes=num_classes, classes=None, class_ids=None)
+    attach(model, record)
     return model, record

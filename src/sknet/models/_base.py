@@ -19,11 +19,42 @@ from typing import Any
 import torch
 from torch import nn
 
-from sknet.errors import ConfigError
+from sknet.errors import ConfigError, InputTypeError
 from sknet.layers.sk import SKConv
 from sknet.models._staged import StagedNet, resolve_out_indices
+from sknet.preprocess import DataConfig, default_preprocess
 
-__all__ = ["ClassifierHead", "SKNetModel", "attention_of", "capture_attention", "sk_units"]
+__all__ = [
+    "ClassifierHead",
+    "SKNetModel",
+    "attention_of",
+    "capture_attention",
+    "family_data_config",
+    "sk_units",
+]
+
+_DATA_CONFIG = "_sknet_data_config"  # the instance's own data config, in its __dict__
+
+
+def family_data_config(model: nn.Module) -> DataConfig | None:
+    """The data config a registry model's family is defined for, read from its resolved
+    architecture (``model.model_config``, set by ``create_model``): the CIFAR stem means
+    CIFAR-100 statistics at the native size (32), the demo-sized ``small`` stem the built-in
+    synthetic data's 0.5/0.5 at the native size (48), any other model ImageNet statistics with
+    a short-side resize (224 -> 256, bilinear). None for a model built another way. Classes
+    are unknown (None) and the weights random."""
+    config = getattr(model, "model_config", None)
+    size = getattr(config, "default_input_size", None)
+    if config is None or not isinstance(size, int):
+        return None
+    stem = getattr(config, "stem", "imagenet")
+    data = {"cifar": "cifar100", "small": "synthetic"}.get(stem, "imagenet")
+    name = getattr(model, "model_name", None)
+    return DataConfig(
+        default_preprocess(size, data),
+        provenance={"init": "random"},
+        source=str(name) if name is not None else None,
+    )
 
 
 class ClassifierHead(nn.Module):
@@ -56,6 +87,25 @@ class SKNetModel(StagedNet):
     min_input_size: int
     feature_info: list[dict[str, Any]]
     head: ClassifierHead
+
+    @property
+    def data_config(self) -> DataConfig | None:
+        """What the model expects and answers (:class:`sknet.DataConfig`): set by every
+        loader of :mod:`sknet.hub` (the weights' preprocessing and classes); for a model built
+        by ``create_model`` without weights, the preprocessing its family is defined for
+        (:func:`family_data_config`); None where unknown."""
+        if _DATA_CONFIG in self.__dict__:
+            value: DataConfig | None = self.__dict__[_DATA_CONFIG]
+            return value
+        return family_data_config(self)
+
+    @data_config.setter
+    def data_config(self, value: DataConfig | None) -> None:
+        if value is not None and not isinstance(value, DataConfig):
+            raise InputTypeError(
+                f"data_config must be a sknet.DataConfig or None, got {type(value).__name__}"
+            )
+        self.__dict__[_DATA_CONFIG] = value
 
     def forward_intermediates(
         self,
@@ -125,6 +175,11 @@ class SKNetModel(StagedNet):
             if num_classes > 0
             else nn.Identity()
         )
+        cfg = self.data_config  # a new head: the preprocessing stays, the class names go
+        if cfg is not None and (cfg.classes is not None or cfg.class_ids is not None):
+            self.data_config = cfg.without_classes()
+        if getattr(self, "class_names", None) is not None:
+            self.class_names = None
 
     def sk_units(self) -> dict[str, SKConv]:
         """SK units by their paper name (``SK_<stage>_<unit>``), in forward order."""

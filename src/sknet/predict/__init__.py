@@ -24,7 +24,14 @@ imported (``from sknet.predict import ...`` still finds this package in ``sys.mo
 from __future__ import annotations
 
 from sknet.predict.explain import explain_names, save_explanation
-from sknet.predict.inference import Prediction, ProgressFn, branch_names, predict
+from sknet.predict.inference import (
+    Prediction,
+    ProgressFn,
+    branch_names,
+    create_transform,
+    predict,
+    resolve_data_config,
+)
 from sknet.predict.inputs import (
     IMAGE_EXTENSIONS,
     ImageInput,
@@ -39,9 +46,11 @@ __all__ = [
     "Prediction",
     "ProgressFn",
     "branch_names",
+    "create_transform",
     "expand_inputs",
     "explain_names",
     "predict",
     "preprocess_transform",
+    "resolve_data_config",
     "save_explanation",
 ]

@@ -26,9 +26,16 @@ from sknet.hub.record import ModelRecord
 from sknet.layers.sk import BranchSpec
 from sknet.models import capture_attention, sk_units
 from sknet.predict.inputs import ImageInput, _read, expand_inputs, preprocess_transform
-from sknet.preprocess import Preprocess, default_preprocess
+from sknet.preprocess import DataConfig, Preprocess
 
-__all__ = ["Prediction", "ProgressFn", "branch_names", "predict"]
+__all__ = [
+    "Prediction",
+    "ProgressFn",
+    "branch_names",
+    "create_transform",
+    "predict",
+    "resolve_data_config",
+]
 
 log = logging.getLogger("sknet")
 
@@ -115,6 +122,47 @@ def _mean_attention(
 # ----------------------------------------------------------------------------------- predict
 
 
+def resolve_data_config(model_or_source: Any) -> DataConfig:
+    """The data config (:class:`sknet.DataConfig`) of a model, of ``(model, record)``, of a
+    :class:`~sknet.hub.record.ModelRecord`, or of a source :func:`sknet.load` reads (loaded
+    for it). A model's is its ``data_config`` attribute, which every model sknet returns
+    carries.
+
+    Raises:
+        ConfigError: the model's preprocessing is unknown (a model not built or loaded by
+            sknet): set ``model.data_config`` or pass ``preprocess=`` where it is used.
+    """
+    if isinstance(model_or_source, DataConfig):
+        return model_or_source
+    if isinstance(model_or_source, ModelRecord):
+        return model_or_source.data_config
+    if isinstance(model_or_source, tuple) and len(model_or_source) == 2:
+        model_or_source = model_or_source[0]
+    if isinstance(model_or_source, (str, os.PathLike)):
+        model_or_source = load(model_or_source)[0]
+    if not isinstance(model_or_source, nn.Module):
+        raise InputTypeError(
+            "resolve_data_config: expected a model, (model, record), a record or a source, "
+            f"got {type(model_or_source).__name__}"
+        )
+    cfg = getattr(model_or_source, "data_config", None)
+    if not isinstance(cfg, DataConfig):
+        raise ConfigError(
+            f"this {type(model_or_source).__name__} does not say how its inputs are "
+            "preprocessed (no data_config): pass preprocess=sknet.Preprocess(...), set "
+            "model.data_config, or load the model from its file or run with sknet.load"
+        )
+    return cfg
+
+
+def create_transform(data_config_or_model: Any) -> Callable[[Any], torch.Tensor]:
+    """The evaluation transform (PIL RGB image -> normalised tensor) of a data config, model,
+    record or source: exactly ``resolve_data_config(x).preprocess.transforms()``."""
+    if isinstance(data_config_or_model, Preprocess):
+        return data_config_or_model.transforms()
+    return resolve_data_config(data_config_or_model).preprocess.transforms()
+
+
 def _resolve(
     model_or_source: Any, preprocess: Any, classes: Sequence[str] | None
 ) -> tuple[nn.Module, Preprocess, tuple[str, ...] | None, ModelRecord | None]:
@@ -139,20 +187,27 @@ def _resolve(
         raise InputTypeError(f"predict: expected an nn.Module, got {type(model).__name__}")
     if isinstance(preprocess, dict):
         preprocess = Preprocess.from_dict(preprocess)
+    own: DataConfig | None = None
+    if record is not None:
+        own = record.data_config
+    elif preprocess is None or classes is None:
+        cfg = getattr(model, "data_config", None)
+        own = cfg if isinstance(cfg, DataConfig) else None
     if preprocess is None:
-        if record is not None:
-            preprocess = record.preprocess
-        else:
-            size = int(getattr(model, "default_input_size", 224))
-            preprocess = default_preprocess(size, None)
-            log.info("predict: no preprocessing given for a bare model; using %s", preprocess)
+        if own is None:
+            raise ConfigError(
+                f"predict: this {type(model).__name__} does not say how its inputs are "
+                "preprocessed (no data_config): pass preprocess=sknet.Preprocess(...), or load "
+                "the model from its weights file or run directory with sknet.load"
+            )
+        preprocess = own.preprocess
     if not isinstance(preprocess, Preprocess):
         raise InputTypeError(
             f"predict: preprocess must be a sknet.Preprocess or a dict, got "
             f"{type(preprocess).__name__}"
         )
-    if classes is None:
-        classes = record.classes if record is not None else getattr(model, "class_names", None)
+    if classes is None and own is not None:
+        classes = own.classes
     return model, preprocess, tuple(str(c) for c in classes) if classes else None, record
 
 
@@ -195,9 +250,11 @@ def predict(
     Args:
         model_or_source: anything :func:`sknet.load` accepts (registry name, ``name.tag``,
             weights file, checkpoint, run directory), its ``(model, record)`` result, or a
-            model. A bare model uses ``preprocess`` (default: ImageNet-style preprocessing at
-            its ``default_input_size``) and ``classes`` (default: its ``class_names``). The
-            model is moved to ``device`` and run in eval mode (its training flag is restored).
+            model. A bare model uses its ``data_config`` (:class:`sknet.DataConfig`, which every
+            model sknet builds or loads carries): its preprocessing and class names, unless
+            ``preprocess``/``classes`` are given; a model without one needs ``preprocess``
+            (``ConfigError`` otherwise: sknet does not guess). The model is moved to
+            ``device`` and run in eval mode (its training flag is restored).
         images: file paths, folders, glob patterns (see :func:`expand_inputs`) and/or PIL
             images.
         topk: how many classes to return per image (at most the number of classes).
@@ -213,7 +270,8 @@ def predict(
     still classified.
 
     Raises:
-        ConfigError: bad ``topk``/``batch_size``/``device``, a model without classifier or not
+        ConfigError: bad ``topk``/``batch_size``/``device``, a model whose preprocessing is
+            unknown and no ``preprocess``, a model without classifier or not
             of 3 input channels, class names that do not match, ``explain`` on a model without
             SK attention (a ``ValueError``).
         InputError, MissingFileError, InputTypeError: from :func:`expand_inputs`.

@@ -171,6 +171,7 @@ def evaluate_source(
     amp: str = "none",
     progress: bool = False,
     threads: int = 0,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
     """Single-centre-crop top-1/top-5 error of a trained model at one or more sizes.
 
@@ -178,7 +179,8 @@ def evaluate_source(
     :data:`sknet._limits.MAX_IMAGE_SIDE` ``]`` (else :class:`~sknet.errors.ConfigError`).
     ``data``/``data_dir`` default to the run's own; for synthetic data the run's val split
     (same seed, sample count and object-scale range) is used. ``threads`` > 0 sets torch's CPU
-    threads for the call (restored after).
+    threads for the call (restored after). A bare registry name (random weights) warns unless
+    ``random_weights``.
 
     Returns:
         ``{"source", "model", "data", "num_classes", "results": [{"size", "resize", "top1_err",
@@ -191,7 +193,17 @@ def evaluate_source(
         torch.set_num_threads(threads)
     try:
         return _evaluate_source(
-            source, data, data_dir, sizes, batch_size, workers, device, val_samples, amp, progress
+            source,
+            data,
+            data_dir,
+            sizes,
+            batch_size,
+            workers,
+            device,
+            val_samples,
+            amp,
+            progress,
+            random_weights,
         )
     finally:
         torch.set_num_threads(saved_threads)
@@ -208,10 +220,11 @@ def _evaluate_source(
     val_samples: int | None,
     amp: str,
     progress: bool,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
     if sizes is not None:  # before loading anything: a huge size would ask for tens of GiB
         sizes = [check_image_side(s, "sizes", config=True) for s in sizes]
-    model, record = load(source)
+    model, record = load(source, random_weights=random_weights)
     data, data_dir, same_data = _eval_data(source, record, data, data_dir)
     native = record.image_size if same_data else (32 if data.startswith("cifar") else 224)
     if sizes is None:
