@@ -13,7 +13,8 @@ from pathlib import Path
 from sknet._device import resolve_device
 from sknet._files import atomic_write_text, check_out_arg, check_output
 from sknet._limits import check_image_side
-from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
+from sknet.cli import AMP_CHOICES, DEVICE_HELP, add_progress, examples, show_progress
+from sknet.cli._source import add_checkpoint_path, checkpoint_path_of, standing_in
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
 from sknet.hub.load import looks_like_path as _looks_like_path
@@ -71,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     # run directory it belongs to (RUN, RUN/model.safetensors or RUN/checkpoints/last.pt alike);
     # a registry name has no file here.
     sources = []
+    if (copy := checkpoint_path_of(args)) is not None:
+        sources.append(copy)
     if _looks_like_path(args.source):
         sources = [Path(args.source), resolve_source(args.source)[0]]
     run_dir = Path(args.source) if Path(args.source).is_dir() else None
@@ -106,19 +112,20 @@ def run(args: argparse.Namespace) -> int:
         )
     elif run_dir is not None:
         out = run_dir / "eval.json"  # the command's own product: replaced on each evaluation
-    res = evaluate_source(
-        args.source,
-        data=args.data,
-        data_dir=args.data_dir,
-        sizes=args.sizes,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        val_samples=args.val_samples,
-        amp=args.amp,
-        progress=not args.json,
-        threads=args.threads,
-    )
+    with standing_in(args):  # --checkpoint-path: read instead of downloading
+        res = evaluate_source(
+            args.source,
+            data=args.data,
+            data_dir=args.data_dir,
+            sizes=args.sizes,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            val_samples=args.val_samples,
+            amp=args.amp,
+            progress=not args.json and show_progress(args),
+            threads=args.threads,
+        )
     text = json.dumps(res, indent=2)
     if out is not None:
         atomic_write_text(out, text + "\n")
