@@ -222,3 +222,29 @@ def test_run_lock_release_race_never_gives_two_owners(
         RunLock(run).acquire()
     b.release()
     assert not (run / ".lock").exists()
+
+
+# ------------------------------------------------------------------ convert --tag
+
+
+def test_convert_with_tag_keeps_classes_and_preprocessing(tmp_path: Path, capsys) -> None:
+    timm = pytest.importorskip("timm")
+    src = tmp_path / "timm.pth"
+    torch.save(timm.create_model("skresnet18", pretrained=False).state_dict(), src)
+    dst = tmp_path / "plain.safetensors"
+    assert main(["convert", "--from", "timm", str(src), str(dst)]) == 0
+    assert "--tag" in capsys.readouterr().out  # the hint: SRC matches skresnet18.ra_in1k
+    tagged = tmp_path / "tagged.safetensors"
+    argv = ["convert", "--from", "timm", str(src), str(tagged), "--tag", "skresnet18.ra_in1k"]
+    assert main(argv) == 0
+    _, record = sknet.load(tagged)
+    cfg = hub.get_pretrained_cfg("skresnet18.ra_in1k")
+    assert record.classes is not None and len(record.classes) == 1000
+    assert record.classes[0] == hub.class_names("imagenet-1k")[0]
+    assert record.preprocess == cfg.preprocess.to_preprocess()
+    # a tag of another architecture is refused before anything is written
+    bad = tmp_path / "bad.safetensors"
+    assert main(["convert", "--from", "timm", str(src), str(bad), "--tag", "sknet50.ra_in1k"]) == 1
+    assert "is weights for sknet50" in capsys.readouterr().err and not bad.exists()
+    # timm's name of the tag works too
+    assert main(["convert", str(src), str(bad), "--tag", "skresnet18"]) == 0
