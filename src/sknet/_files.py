@@ -370,7 +370,10 @@ class RunLock:
 
     Raises :class:`~sknet.errors.RunDirError` at once (no waiting) when another process holds
     it. The lock file ``RUN/.lock`` holds the owner's pid for the error message; the lock itself
-    is the ``flock`` on it, which dies with the process.
+    is the ``flock`` on it, which dies with the process. :meth:`release` removes the file while
+    still holding the lock, so a finished run leaves no ``.lock`` behind; :meth:`acquire`
+    re-checks after locking that the file it locked is still the one at ``RUN/.lock`` (not one
+    a finishing owner just removed) and retries otherwise, so two processes never both hold it.
     """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
@@ -383,31 +386,52 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
             return self
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise _path_error(exc, self.path, "lock") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for _ in range(100):  # a retry only follows another owner's release: never many
             try:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            finally:
-                os.close(fd)
-            raise RunDirError(
-                f"run directory {self.run_dir} is in use by another sknet process (pid {owner}); "
-                "wait for it to finish or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise _path_error(exc, self.path, "lock") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                finally:
+                    os.close(fd)
+                raise RunDirError(
+                    f"run directory {self.run_dir} is in use by another sknet process "
+                    f"(pid {owner}); wait for it to finish or stop it first"
+                ) from None
+            if self._is_current(fd):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._fd = fd
+                return self
+            os.close(fd)  # the owner removed that file on release: lock the new one
+        raise RunDirError(  # pragma: no cover - needs 100 lost races in a row
+            f"run directory {self.run_dir}: could not lock {self.path} (it keeps being replaced)"
+        )
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether the open ``fd`` is the file now at :attr:`path` (same device and inode)."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+            try:
+                if self._is_current(self._fd):
+                    self.path.unlink()  # while the flock is held: nobody else holds this file
+            except OSError:
+                pass  # a read-only directory: the lock file stays, the lock is released anyway
+            finally:
+                os.close(self._fd)  # closing the descriptor releases the flock
+                self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -14,6 +14,8 @@ Conventions every command follows (``tests/core/test_cli_convention.py`` checks 
 * **Printing.** Commands print a human-readable table. ``--json`` prints JSON instead and
   ``--markdown`` prints Markdown instead: both are flags that change what goes to stdout, never
   file names.
+* **Progress.** Progress bars go to stderr and only when it is a terminal; ``--progress`` /
+  ``--no-progress`` force them on or off.
 * **Devices.** ``--device`` takes ``auto`` (the default everywhere: the GPU when there is one),
   ``cpu``, ``cuda`` or ``cuda:N``; anything else is an error.
 * **Choices** (``--data``, ``--amp``, ``--format``, ...) are validated by the parser, which lists
@@ -28,8 +30,16 @@ Conventions every command follows (``tests/core/test_cli_convention.py`` checks 
 from __future__ import annotations
 
 import argparse
+import sys
 
-__all__ = ["AMP_CHOICES", "DEVICE_HELP", "HelpFormatter", "examples"]
+__all__ = [
+    "AMP_CHOICES",
+    "DEVICE_HELP",
+    "HelpFormatter",
+    "add_progress",
+    "examples",
+    "show_progress",
+]
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 DEVICE_HELP = "auto (the GPU if there is one), cpu, cuda or cuda:N"
@@ -50,3 +60,24 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def examples(*lines: str) -> str:
     """An ``epilog`` listing example command lines."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_progress(p: argparse.ArgumentParser, what: str = "progress bar") -> None:
+    """``--progress`` / ``--no-progress``; the default (None) is: only on a terminal."""
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"show a {what} on stderr (default: only when stderr is a terminal)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """``--progress``/``--no-progress`` when given, else whether stderr is a terminal."""
+    chosen = getattr(args, "progress", None)
+    if chosen is not None:
+        return bool(chosen)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False

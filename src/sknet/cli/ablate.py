@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sknet
 from sknet._files import check_out_arg
+from sknet.cli import add_progress, show_progress
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
 from sknet.models import create_model
@@ -95,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without --set threads=K then gets cores/N threads",
     )
     p.add_argument("--quiet", action="store_true", help="no per-run progress from the trainer")
+    add_progress(p, "per-run progress bar")
     p.set_defaults(func=run)
 
 
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         settings=settings,
         log=log,
-        progress=not args.quiet and args.jobs == 1,
+        progress=not args.quiet and args.jobs == 1 and show_progress(args),
         jobs=args.jobs,
     )
     print((args.out / "table.md").read_text(encoding="utf-8"))

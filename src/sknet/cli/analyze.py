@@ -17,7 +17,8 @@ import torch
 import sknet
 from sknet._device import resolve_device
 from sknet._files import check_out_arg
-from sknet.cli import DEVICE_HELP
+from sknet.cli import DEVICE_HELP, add_progress, show_progress
+from sknet.cli._source import add_checkpoint_path, checkpoint_path_of
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
 from sknet.errors import ConfigError, MissingFileError
 from sknet.hub.load import is_random_source, load, random_weights_hint
@@ -139,11 +140,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "kernels: the same attention within float rounding, about 2x faster on a CPU)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
+    add_progress(p, "progress line")
     p.set_defaults(func=run)
 
 
-def _load(source: str, random_weights: bool = False) -> tuple[Any, dict[str, Any]]:
-    """(model in eval mode, info) from a run dir, checkpoint or safetensors file."""
+def _load(
+    source: str, random_weights: bool = False, copy: Path | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode, info) from a run dir, checkpoint or safetensors file, or from
+    published weights (MODEL.TAG) read from ``copy`` (``--checkpoint-path``); a bare model name
+    (random weights) only with ``random_weights``."""
+    if copy is not None:
+        model, record = load(source, checkpoint_path=copy)
+        return model.eval(), record.info()
     if is_random_source(source):
         if not random_weights:
             raise ConfigError(random_weights_hint(source))
@@ -177,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be >= 1, got {args.num_images}")
     args.device = str(resolve_device(args.device))
-    model, info = _load(args.source, args.random_weights)
+    model, info = _load(args.source, args.random_weights, checkpoint_path_of(args))
     if not args.no_deploy:
         model = sknet.deploy(model.to(args.device))
     # Threads: --threads, else the run's own setting (the demo preset uses 1), else torch's;
@@ -225,10 +236,11 @@ def _analyze(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
     total = len(views.dataset)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     last = [0.0]
+    shown = not args.quiet and show_progress(args)
 
     def progress(done: int, n: int) -> None:
         now = time.perf_counter()
-        if args.quiet or (now - last[0] < 2.0 and done < n):
+        if not shown or (now - last[0] < 2.0 and done < n):
             return
         last[0] = now
         print(

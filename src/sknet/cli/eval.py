@@ -13,7 +13,8 @@ from pathlib import Path
 from sknet._device import resolve_device
 from sknet._files import atomic_write_text, check_out_arg, check_output
 from sknet._limits import check_image_side
-from sknet.cli import AMP_CHOICES, DEVICE_HELP, examples
+from sknet.cli import AMP_CHOICES, DEVICE_HELP, add_progress, examples, show_progress
+from sknet.cli._source import add_checkpoint_path, checkpoint_path_of, standing_in
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
 from sknet.hub.load import is_random_source, random_weights_hint, resolve_source
@@ -76,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
     sources = []
+    if (copy := checkpoint_path_of(args)) is not None:
+        sources.append(copy)
     if _looks_like_path(args.source):
         sources = [Path(args.source), resolve_source(args.source)[0]]
     run_dir = Path(args.source) if Path(args.source).is_dir() else None
@@ -113,20 +119,21 @@ def run(args: argparse.Namespace) -> int:
         )
     elif run_dir is not None:
         out = run_dir / "eval.json"  # the command's own product: replaced on each evaluation
-    res = evaluate_source(
-        args.source,
-        data=args.data,
-        data_dir=args.data_dir,
-        sizes=args.sizes,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        val_samples=args.val_samples,
-        amp=args.amp,
-        progress=not args.json,
-        threads=args.threads,
-        random_weights=args.random_weights,
-    )
+    with standing_in(args):  # --checkpoint-path: read instead of downloading
+        res = evaluate_source(
+            args.source,
+            data=args.data,
+            data_dir=args.data_dir,
+            sizes=args.sizes,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            val_samples=args.val_samples,
+            amp=args.amp,
+            progress=not args.json and show_progress(args),
+            threads=args.threads,
+            random_weights=args.random_weights,
+        )
     text = json.dumps(res, indent=2)
     if out is not None:
         atomic_write_text(out, text + "\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sknet._files import check_out_arg, check_output
 from sknet.cli import examples
+from sknet.cli._source import add_checkpoint_path, checkpoint_path_of
 from sknet.errors import ConfigError
 from sknet.export import export_model
 from sknet.hub.load import is_random_source, load, random_weights_hint, resolve_source
@@ -43,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fuse", action="store_true", help="export without folding BatchNorm")
     p.add_argument("--no-check", action="store_true", help="skip the round-trip comparison")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
     p.set_defaults(func=run)
 
 
@@ -58,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
     sources, protected = [], []
+    copy = checkpoint_path_of(args)
+    if copy is not None:
+        sources.append(copy)
     if _looks_like_path(args.source):
         if args.num_classes is not None:
             raise ConfigError("--num-classes applies to model names only; a file sets its own")
@@ -76,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
         suffixes=(f".{fmt}",),
         what="--out",
     )
-    model, record = load(args.source, num_classes=args.num_classes, random_weights=True)
+    model, record = load(
+        args.source, num_classes=args.num_classes, checkpoint_path=copy, random_weights=True
+    )
     size = args.input_size or record.image_size
     result = export_model(
         model,

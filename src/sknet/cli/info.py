@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--markdown", action="store_true", help="print a markdown table with the paper's figures"
     )
-    p.add_argument("--list", action="store_true", help="list model names and exit")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list model names and exit (timm's names such as skresnext50_32x4d are accepted "
+        "as aliases; `sknet info NAME` shows a model's aliases)",
+    )
     p.set_defaults(func=run)
 
 
@@ -51,6 +56,7 @@ def _row(name: str, input_size: int | None, num_classes: int | None) -> dict:
         "num_classes": model.num_classes,
         "description": entry.description,
     }
+    row["aliases"] = sknet.models.aliases_of(name)
     row["pretrained"] = _weights(name)
     paper = entry.paper
     if paper is not None:
@@ -93,8 +99,7 @@ def _expand(patterns: list[str]) -> list[str]:
                 raise ConfigError(f"no model matches {pat!r} (sknet info --list shows them)")
             names.extend(found)
         else:
-            sknet.get_entry(pat)  # raises with suggestions
-            names.append(pat)
+            names.append(sknet.get_entry(pat).name)  # raises with suggestions; alias resolved
     return names
 
 
@@ -125,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             f"{r['name']:<24} {r['params']:>14,} {r['macs'] / 1e9:>8.3f} {r['input_size']:>6}"
             f"  {pp} / {pm}"
         )
+        if r["aliases"]:
+            print(f"  aliases: {', '.join(r['aliases'])} (timm's names)")
         for w in r["pretrained"]:
             acc = ", ".join(f"{a['top1']:.2f}% at {a['resolution']}" for a in w["reported"])
             print(f"  weights {w['name']}: {w['source']}; top-1 {acc or '-'} (reported)")

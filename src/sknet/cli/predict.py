@@ -37,6 +37,7 @@ from sknet._files import (
     name_max,
 )
 from sknet.cli import DEVICE_HELP, examples
+from sknet.cli._source import add_checkpoint_path, checkpoint_path_of
 from sknet.errors import ConfigError, OutputError
 from sknet.hub.load import is_random_source, load, random_weights_hint, resolve_source
 from sknet.predict import expand_inputs, explain_names, predict, save_explanation
@@ -96,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace existing --out and --explain files"
     )
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
     p.set_defaults(func=run)
 
 
@@ -107,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)  # an unknown device is an error before any work
+    checkpoint_path_of(args)  # --checkpoint-path checked before any work
     files = expand_inputs(args.inputs)
     out, figures = _check_outputs(args, files)  # before any work
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
-    model, record = load(args.source, random_weights=True)
+    model, record = load(args.source, checkpoint_path=checkpoint_path_of(args), random_weights=True)
     many = len(files) > TABLE_MAX
     results = _predict(args, model, record, files, device, many)
     if out is not None:  # the predictions first: a figure that fails cannot lose them
@@ -128,6 +132,8 @@ def _check_outputs(args: argparse.Namespace, files: list[Path]) -> tuple[Path | 
     src = Path(args.source).expanduser()
     sources: list[Path] = []
     protected: list[Path] = []
+    if (copy := checkpoint_path_of(args)) is not None:
+        sources.append(copy)
     if src.exists():
         sources.append(src)  # its run directory, if any, is protected by check_output
         if src.is_dir():  # a folder source is a run directory, whatever it holds

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sknet._files import check_out_arg
-from sknet.cli import AMP_CHOICES, DEVICE_HELP, HelpFormatter
+from sknet.cli import AMP_CHOICES, DEVICE_HELP, HelpFormatter, add_progress, show_progress
 from sknet.data import DATASET_NAMES
 from sknet.errors import ConfigError
 from sknet.train import (
@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override any config key (TOML value), e.g. --set lr_milestones=[150,225]",
     )
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory to create")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument(
         "--print-preset", default=None, metavar="NAME", help="print a preset's TOML and exit"
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path("runs") / f"{cfg.preset or 'custom'}-{cfg.model}-{stamp}"
 
     _setup_logging()
-    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    summary = train(cfg, run_dir, resume=bool(args.resume), progress=show_progress(args))
     if int(os.environ.get("RANK", "0") or 0) == 0:
         print(
             f"{summary['model']} on {summary['data']}: val top-1 err {summary['top1_err']:.2f}% "

@@ -10,8 +10,11 @@ it; delete it to download it afresh). A fresh download is checked against the en
 (for a Hub file without a recorded sha256, against the sha256 that the Hub publishes as the
 file's LFS id); a mismatch deletes the file and raises :class:`ChecksumError`. No network,
 ``HF_HUB_OFFLINE=1`` (which stops plain-URL downloads too), a missing file or a source without a
-direct download raise :class:`WeightsUnavailableError`, which names the file, its source and how
-to place it by hand (``checkpoint_path=``).
+direct download raise :class:`WeightsUnavailableError`, which names the file, its source, the
+cache it goes to and how to work offline: ``HF_HUB_OFFLINE=1`` and the file passed by hand
+(``--checkpoint-path FILE`` on the command line, ``checkpoint_path=`` in Python). Before a
+download the server is reached once with a short timeout: without a network the error comes at
+once, not after huggingface_hub's retries.
 
 ``huggingface_hub`` (optional) is imported inside the function that needs it.
 """
@@ -23,16 +26,19 @@ import hashlib
 import inspect
 import os
 import re
+import socket
 import sys
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sknet.errors import ChecksumError, WeightsUnavailableError
+from sknet.errors import ChecksumError, MissingFileError, WeightsUnavailableError
 from sknet.hub.table import SKNET_README, PretrainedCfg, get_pretrained_cfg
 
-__all__ = ["fetch_pretrained", "sha256_of"]
+__all__ = ["fetch_pretrained", "local_weights", "sha256_of"]
 
 
 def _env_true(name: str) -> bool:
@@ -60,16 +66,63 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Seconds to wait for the download server to answer a connection before giving up.
+CONNECT_TIMEOUT = 5.0
+
+
 def _unavailable(cfg: PretrainedCfg, reason: str, target: Path | str | None = None) -> Exception:
-    """The error for a file that cannot be downloaded: what, from where, why, what to do."""
+    """The error for a file that cannot be downloaded: what, from where, why, where it goes,
+    and what to do (work offline with a copy of the file passed by hand)."""
     where = f" into {target}" if target else ""
-    todo = f"download {cfg.file_name} by hand from {cfg.location} and pass checkpoint_path=<file>"
+    todo = (
+        f"to work offline, download {cfg.file_name} by hand from {cfg.location} and pass it "
+        "with --checkpoint-path FILE (checkpoint_path=FILE in Python)"
+    )
     if cfg.url is not None and isinstance(target, Path):
-        todo += f" (or save it as {target})"
+        todo += f", or save it as {target}"
+    todo += "; set HF_HUB_OFFLINE=1 to never try the network"
     return WeightsUnavailableError(
         f"cannot download {cfg.file_name} for {cfg.name} from {cfg.source} "
         f"({cfg.location}){where}: {reason}; {todo}"
     )
+
+
+def _unreachable(url: str, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    """Why ``url``'s server cannot be reached (no name resolution, refused, timed out), or
+    None when a connection opens (or a proxy is configured: the proxy decides)."""
+    if any(
+        os.environ.get(k)
+        for k in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
+    ):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        return f"no network: cannot reach {parts.hostname}:{port} ({detail})"
+
+
+def _hub_endpoint(endpoint: str | None) -> str:
+    if endpoint:
+        return endpoint
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except (ImportError, AttributeError):  # pragma: no cover - very old huggingface_hub
+        return "https://huggingface.co"
 
 
 def _check(
@@ -104,8 +157,8 @@ def _verify_cached(cfg: PretrainedCfg, path: Path, expected: str | None) -> None
     raise ChecksumError(
         f"{cfg.name}: the cached file {path}{also} has sha256 {digest[:16]}..., but "
         f"{cfg.location} publishes {expected[:16]}...: it was changed or replaced after the "
-        "download; delete it and run again to download it afresh, or pass a trusted copy as "
-        "checkpoint_path=<file>"
+        "download; delete it and run again to download it afresh, or pass a trusted copy with "
+        "--checkpoint-path FILE (checkpoint_path=FILE in Python)"
     )
 
 
@@ -160,6 +213,8 @@ def _fetch_hub(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
         return cached
     if _offline():
         raise _unavailable(cfg, "offline (HF_HUB_OFFLINE is set) and not in the cache", where)
+    if (why := _unreachable(_hub_endpoint(kwargs["endpoint"]))) is not None:
+        raise _unavailable(cfg, why, where)  # at once: no retry loop without a network
     try:
         path = Path(hf_hub_download(**kwargs))
     except _network_errors() as exc:
@@ -188,6 +243,8 @@ def _fetch_url(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
         return dst
     if _offline():
         raise _unavailable(cfg, "offline (HF_HUB_OFFLINE is set) and not in the cache", dst)
+    if (why := _unreachable(cfg.url)) is not None:
+        raise _unavailable(cfg, why, dst)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(cfg.url, str(dst), hash_prefix=None, progress=progress)
@@ -196,6 +253,43 @@ def _fetch_url(cfg: PretrainedCfg, cache_dir: str | None, progress: bool) -> Pat
         raise _unavailable(cfg, f"{type(exc).__name__}: {reason}", dst) from exc
     _check(cfg, dst, cfg.sha256)
     return dst
+
+
+_LOCAL: dict[str, Path] = {}  # tag -> a local copy standing in for its download
+
+
+@contextlib.contextmanager
+def local_weights(name_or_tag: str, path: str | os.PathLike) -> Iterator[Path]:
+    """Within the block, :func:`fetch_pretrained` of ``name_or_tag`` returns ``path`` (a local
+    copy of the published file: no download, nothing written to the cache), as
+    ``checkpoint_path=`` does for one call. A copy whose entry publishes a sha256 is checked
+    against it. What ``sknet ... --checkpoint-path FILE`` uses where the command's library call
+    takes no ``checkpoint_path``."""
+    cfg = get_pretrained_cfg(name_or_tag)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MissingFileError(f"no weights file at {path}")
+    previous = _LOCAL.get(cfg.name)
+    _LOCAL[cfg.name] = file
+    try:
+        yield file
+    finally:
+        if previous is None:
+            _LOCAL.pop(cfg.name, None)
+        else:
+            _LOCAL[cfg.name] = previous
+
+
+def _local_copy(cfg: PretrainedCfg) -> Path | None:
+    file = _LOCAL.get(cfg.name)
+    if file is not None and cfg.sha256 is not None:
+        digest = sha256_of(file)
+        if not digest.startswith(cfg.sha256.lower()):
+            raise ChecksumError(
+                f"{cfg.name}: {file} has sha256 {digest[:16]}..., but {cfg.location} publishes "
+                f"{cfg.sha256[:16]}...: it is not a copy of {cfg.file_name}"
+            )
+    return file
 
 
 def fetch_pretrained(
@@ -218,6 +312,8 @@ def fetch_pretrained(
             against the sha256 the Hub publishes as its LFS id, on every call.
     """
     cfg = get_pretrained_cfg(name_or_tag)
+    if (local := _local_copy(cfg)) is not None:
+        return local
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     if cfg.hf_hub_id is not None:
         return _fetch_hub(cfg, cache, progress)
@@ -227,11 +323,12 @@ def fetch_pretrained(
         out = f"{cfg.model}_{cfg.tag}.safetensors"
         raise WeightsUnavailableError(
             f"{cfg.name} ({cfg.source}) has no direct download: get {cfg.file_name} by hand "
-            f"from {cfg.manual_url} (linked from {SKNET_README}) and pass "
-            f"checkpoint_path='{cfg.file_name}', or convert it once with `sknet convert --from "
-            f"caffe {cfg.file_name} {out}` and pass checkpoint_path='{out}'"
+            f"from {cfg.manual_url} (linked from {SKNET_README}) and pass it with "
+            f"--checkpoint-path {cfg.file_name} (checkpoint_path= in Python), or convert it "
+            f"once with `sknet convert --from caffe {cfg.file_name} {out}` and use {out}"
         )
     raise WeightsUnavailableError(
         f"{cfg.name} ({cfg.source}) has no direct download: get {cfg.file_name} by hand from "
-        f"{cfg.manual_url} and pass checkpoint_path=<file>"
+        f"{cfg.manual_url} and pass it with --checkpoint-path FILE (checkpoint_path=FILE in "
+        "Python)"
     )

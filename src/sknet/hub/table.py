@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from sknet.errors import ConfigError, FileFormatError, InputError, InputTypeError
+from sknet.models import resolve_alias
 from sknet.preprocess import (
     CAFFE_MEAN_255,
     IMAGENET_MEAN,
@@ -557,7 +558,9 @@ def get_pretrained_cfg(name_or_tag: str) -> PretrainedCfg:
         raise ConfigError(f"expected a '<model>.<tag>' name, got {name_or_tag!r}")
     if name_or_tag in _REGISTRY:
         return _REGISTRY[name_or_tag]
-    model, _, tag = name_or_tag.partition(".")
+    model, dot, tag = name_or_tag.partition(".")
+    if resolve_alias(model) != model:  # timm's model name: "skresnext50_32x4d.ra_in1k"
+        return get_pretrained_cfg(resolve_alias(model) + dot + tag)
     if not tag and model in _DEFAULT_TAGS:
         return _REGISTRY[f"{model}.{_DEFAULT_TAGS[model]}"]
     same = list_pretrained(f"{model}.*")
@@ -566,7 +569,7 @@ def get_pretrained_cfg(name_or_tag: str) -> PretrainedCfg:
     models = sorted({c.model for c in _REGISTRY.values()})
     raise ConfigError(
         f"no pretrained weights for {model!r}; models with weights: {', '.join(models)} "
-        "(see sknet.list_pretrained())"
+        "(`sknet info MODEL` lists a model's weights; sknet.list_pretrained() in Python)"
     )
 
 
@@ -579,6 +582,10 @@ def resolve_pretrained(model: str, pretrained: bool | str) -> PretrainedCfg | No
         return get_pretrained_cfg(model)
     if not isinstance(pretrained, str) or not pretrained:
         raise InputTypeError(f"pretrained must be a bool or a tag string, got {pretrained!r}")
+    model = resolve_alias(model)
+    head, dot, rest = pretrained.partition(".")
+    if dot and resolve_alias(head) == model:  # "<model or alias>.<tag>"
+        return get_pretrained_cfg(f"{model}.{rest}")
     if pretrained.startswith(f"{model}."):
         return get_pretrained_cfg(pretrained)
     return get_pretrained_cfg(f"{model}.{pretrained}")

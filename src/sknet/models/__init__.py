@@ -20,12 +20,17 @@ from sknet.models._features import FeatureInfo, FeatureNet
 from sknet.models._registry import (
     ModelEntry,
     PaperFigures,
+    aliases_of,
     create_model,
     get_entry,
+    list_aliases,
     list_models,
     register,
+    register_alias,
+    resolve_alias,
     set_weights_loader,
 )
+from sknet.models._timm import PoolHead, TimmModel
 from sknet.models.resnext import ResNeXt, ResNeXtConfig
 from sknet.models.shufflenetv2 import ShuffleNetV2, ShuffleNetV2Config
 from sknet.models.skresnet import SKResNet, SKResNetConfig
@@ -37,6 +42,7 @@ __all__ = [
     "FeatureNet",
     "ModelEntry",
     "PaperFigures",
+    "PoolHead",
     "ResNeXt",
     "ResNeXtConfig",
     "SKNetModel",
@@ -44,12 +50,17 @@ __all__ = [
     "SKResNetConfig",
     "ShuffleNetV2",
     "ShuffleNetV2Config",
+    "TimmModel",
+    "aliases_of",
     "attention_of",
     "capture_attention",
     "create_model",
     "get_entry",
+    "list_aliases",
     "list_models",
     "register",
+    "register_alias",
+    "resolve_alias",
     "set_weights_loader",
     "sk_units",
 ]
@@ -347,3 +358,14 @@ for _name, _family, _cfg, _desc, _paper, _nc in _ROWS:
             paper_num_classes=_nc,
         )
     )
+
+# timm's names of the same architectures (timm's weights for them load into ours, see
+# sknet.hub.table): create_model, get_entry and the weights tags accept them.
+# resnext50_32x4d, resnext101_32x4d, skresnet18 and skresnet34 are timm's names already.
+_TIMM_ALIASES = {
+    "skresnext50_32x4d": "sknet50",
+    "seresnext50_32x4d": "senet50",
+    "seresnext101_32x4d": "senet101",
+}
+for _alias, _target in _TIMM_ALIASES.items():
+    register_alias(_alias, _target)

@@ -14,16 +14,21 @@ from sknet._typecheck import coerce_field, suggest
 from sknet.errors import ConfigError, DependencyError, OverrideError
 from sknet.models._base import SKNetModel
 from sknet.models._features import FeatureNet
+from sknet.models._timm import TimmModel, check_pool, check_rate
 
 __all__ = [
     "ModelEntry",
     "PaperFigures",
     "PreparedWeights",
     "WeightsLoader",
+    "aliases_of",
     "create_model",
     "get_entry",
+    "list_aliases",
     "list_models",
     "register",
+    "register_alias",
+    "resolve_alias",
     "set_weights_loader",
 ]
 
@@ -96,11 +101,12 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # another library's name (timm's) -> ours
 
 
 def register(entry: ModelEntry) -> ModelEntry:
     """Add a model; a name can be registered only once."""
-    if entry.name in _REGISTRY:
+    if entry.name in _REGISTRY or entry.name in _ALIASES:
         raise ConfigError(f"model name {entry.name!r} is already registered")
     if not dataclasses.is_dataclass(entry.config):
         raise OverrideError(f"{entry.name}: config must be a dataclass instance")
@@ -108,20 +114,51 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def register_alias(alias: str, name: str) -> None:
+    """Make ``alias`` (e.g. timm's name of the same architecture) stand for model ``name``."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"alias {alias!r}: no model {name!r} is registered")
+    if alias in _REGISTRY or _ALIASES.get(alias, name) != name:
+        raise ConfigError(f"model name {alias!r} is already registered")
+    _ALIASES[alias] = name
+
+
+def resolve_alias(name: str) -> str:
+    """Our model name for ``name``: an alias's model, any other name unchanged."""
+    return _ALIASES.get(name, name) if isinstance(name, str) else name
+
+
+def list_aliases() -> dict[str, str]:
+    """Every alias with the model it stands for (``{"skresnext50_32x4d": "sknet50", ...}``)."""
+    return dict(sorted(_ALIASES.items()))
+
+
+def aliases_of(name: str) -> list[str]:
+    """The aliases of model ``name`` (timm's names of the same architecture)."""
+    name = resolve_alias(name)
+    return sorted(a for a, n in _ALIASES.items() if n == name)
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style wildcard ``pattern`` (e.g. ``"sk*"``)."""
+    """Registered model names matching a shell-style wildcard ``pattern`` (e.g. ``"sk*"``).
+
+    Aliases (timm's names, :func:`list_aliases`) are not listed: they resolve to these names.
+    """
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; an unknown name raises ``ValueError`` with suggestions."""
+    """The registry entry of ``name`` (or of the model an alias stands for); an unknown name
+    raises ``ValueError`` with suggestions."""
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = suggest(name, _REGISTRY, n=4, cutoff=0.5, quote=False)
+        return _REGISTRY[resolve_alias(name)]
+    except (KeyError, TypeError):
+        known = [*_REGISTRY, *_ALIASES]
+        close = suggest(str(name), known, n=4, cutoff=0.5, quote=False)
         hint = f"; {close}" if close else ""
         raise ConfigError(
-            f"unknown model {name!r}{hint} (see sknet.list_models() for all {len(_REGISTRY)} names)"
+            f"unknown model {name!r}{hint} (all {len(_REGISTRY)} names: `sknet info --list`, "
+            "or sknet.list_models() in Python)"
         ) from None
 
 
@@ -157,12 +194,17 @@ def create_model(
     norm_eval: bool = False,
     pretrained: bool | str = False,
     checkpoint_path: str | os.PathLike | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    global_pool: str | None = None,
     **overrides: Any,
 ) -> SKNetModel | FeatureNet:
     """Build a registered model.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, or an alias (timm's name of the same
+            architecture, e.g. ``"skresnext50_32x4d"`` for ``sknet50``; see
+            :func:`list_aliases`). The model's ``model_name`` is then ours.
         num_classes: classifier width (default: 1000 for ImageNet models, 100 for CIFAR ones,
             the paper's setting); 0 gives a model without classifier.
         in_chans: input channels.
@@ -182,10 +224,22 @@ def create_model(
         checkpoint_path: a local file of the weights: with ``pretrained``, a copy of the
             published file (no download); alone, any weights file, checkpoint or run directory
             that :func:`sknet.load` reads, whose tensors must fit the model built here.
+        drop_rate: dropout before the classifier, in training (timm's ``drop_rate``).
+        drop_path_rate: stochastic depth: each residual branch is dropped per sample in
+            training, with a rate rising linearly over the blocks from 0 to this value (timm's
+            schedule). ShuffleNetV2 models have no residual branch: only 0 there.
+        global_pool: ``"avg"`` (default), ``"max"``, ``"avgmax"``, or ``""`` for no pooling
+            (with ``num_classes=0``: the head then returns the feature map).
         **overrides: fields of the family's config dataclass (e.g. ``sk_branches=(3, 5, 7)``);
             an unknown field or a value of the wrong type raises ``TypeError`` naming it.
     """
     entry = get_entry(name)
+    name = entry.name  # an alias resolved
+    timm_args: dict[str, Any] = {}
+    if check_rate(drop_rate, "drop_rate"):
+        timm_args["drop_rate"] = drop_rate
+    if check_rate(drop_path_rate, "drop_path_rate"):
+        timm_args["drop_path_rate"] = drop_path_rate
     if output_stride is not None:
         if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
             raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
@@ -213,11 +267,15 @@ def create_model(
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ConfigError(f"in_chans must be an int >= 1, got {in_chans!r}")
     config = apply_overrides(entry.config, dict(overrides), name)
-    model = entry.builder(config, num_classes=width, in_chans=in_chans)
+    model = entry.builder(config, num_classes=width, in_chans=in_chans, **timm_args)
     model.model_name = name  # type: ignore[assignment]
     model.model_config = config  # the resolved architecture
     if weights is not None:  # built once, then loaded
         weights.load_into(model, num_classes)
+    if global_pool is not None:  # after loading: the weights' classifier width may change
+        if not isinstance(model, TimmModel):
+            raise ConfigError(f"{name} ({entry.family}) does not support global_pool")
+        model.head.global_pool = check_pool(global_pool, model.num_classes)
     if frozen_stages != -1:
         model.set_frozen_stages(frozen_stages)
     if norm_eval:

@@ -42,9 +42,10 @@ import torch
 from torch import nn
 
 from sknet.errors import ConfigError
+from sknet.layers.drop import DropPath, drop_path_rates
 from sknet.layers.se import SEModule
 from sknet.layers.sk import BranchSpec, SKConv
-from sknet.models._base import ClassifierHead, SKNetModel
+from sknet.models._timm import PoolHead, TimmModel
 
 __all__ = ["ConvNormAct", "ResNeXt", "ResNeXtBlock", "ResNeXtConfig"]
 
@@ -159,6 +160,7 @@ class ResNeXtBlock(nn.Module):
         kind: BlockKind,
         dilation: int = 1,
         project: bool = False,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(cin, mid, 1)
@@ -198,24 +200,39 @@ class ResNeXtBlock(nn.Module):
             else nn.Identity()
         )
         self.act = nn.ReLU(inplace=True)
+        # stochastic depth on the residual branch (no parameters; the identity in eval mode)
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.se(self.conv3(self.conv2(self.conv1(x))))
+        out = self.drop_path(self.se(self.conv3(self.conv2(self.conv1(x)))))
         return self.act(out + self.downsample(x))
 
 
-class ResNeXt(SKNetModel):
+class ResNeXt(TimmModel):
     """Generic ResNeXt-family network: stem, stages of :class:`ResNeXtBlock`, pooled linear head.
 
     Args:
         cfg: the architecture.
         num_classes: classifier width (0: no classifier).
         in_chans: input channels.
+        drop_rate: dropout before the classifier (training only).
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 (timm's).
+        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (none, with 0 classes).
     """
 
-    def __init__(self, cfg: ResNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        cfg: ResNeXtConfig,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
         super().__init__()
         cfg.validate()
+        dpr = iter(drop_path_rates(drop_path_rate, sum(cfg.layers)))
         self.cfg = cfg
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -268,6 +285,7 @@ class ResNeXt(SKNetModel):
                     cfg.block,
                     dilation=first_dilation if u == 0 else dilation,
                     project=u == 0 and nominal != 1,
+                    drop_path=next(dpr),
                 )
                 for mod in blk.modules():
                     if isinstance(mod, SKConv):
@@ -281,11 +299,11 @@ class ResNeXt(SKNetModel):
         self.stages = nn.Sequential(*stages)
         self.min_input_size = reduction
         self.num_features = cin
-        self.head = ClassifierHead(cin, num_classes)
+        self.head = PoolHead(cin, num_classes, global_pool, drop_rate)
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))  # (N, C_last, H / stride, W / stride)
+        return self.forward_stages(self.stem(x))  # (N, C_last, H / stride, W / stride)
 
 
 def _init_weights(model: nn.Module) -> None:

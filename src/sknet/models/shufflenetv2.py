@@ -28,7 +28,7 @@ from torch import nn
 from sknet.errors import ConfigError
 from sknet.layers.se import SEModule
 from sknet.layers.sk import SKConv
-from sknet.models._base import ClassifierHead, SKNetModel
+from sknet.models._timm import PoolHead, TimmModel, check_rate
 
 __all__ = ["ShuffleNetV2", "ShuffleNetV2Config", "ShuffleUnit"]
 
@@ -134,20 +134,35 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(out, 2)
 
 
-class ShuffleNetV2(SKNetModel):
+class ShuffleNetV2(TimmModel):
     """Generic ShuffleNetV2: stem, stages of :class:`ShuffleUnit`, 1x1 conv, pooled head.
 
     Feature levels: the stem before (stride 2) and after (4) its max-pool, the three stages
     (8, 16, 32) and the last 1x1 convolution (``conv_last``, 32); ``features_only`` returns
-    levels 1-4 by default. No ``output_stride`` other than 32.
+    levels 1-4 by default. No ``output_stride`` other than 32. ``drop_rate`` and ``global_pool``
+    as the ResNeXt family; its units have no residual branch to drop, so ``drop_path_rate`` must
+    be 0.
     """
 
     _tail = ("conv_last",)
 
     def __init__(
-        self, cfg: ShuffleNetV2Config, *, num_classes: int = 1000, in_chans: int = 3
+        self,
+        cfg: ShuffleNetV2Config,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
+        if check_rate(drop_path_rate, "drop_path_rate") != 0.0:
+            raise ConfigError(
+                f"drop_path_rate={drop_path_rate}: ShuffleNetV2 units have no residual branch "
+                "to drop (stochastic depth applies to the ResNeXt family and SK-ResNets); "
+                "use drop_rate for dropout before the classifier"
+            )
         cfg.validate()
         self.cfg = cfg
         self.in_chans = in_chans
@@ -194,7 +209,7 @@ class ShuffleNetV2(SKNetModel):
         )
         self.min_input_size = reduction
         self.num_features = cfg.stage_out[-1]
-        self.head = ClassifierHead(cfg.stage_out[-1], num_classes)
+        self.head = PoolHead(cfg.stage_out[-1], num_classes, global_pool, drop_rate)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -205,7 +220,7 @@ class ShuffleNetV2(SKNetModel):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_last(self.stages(self.stem(x)))
+        return self.conv_last(self.forward_stages(self.stem(x)))
 
     def default_out_indices(self) -> tuple[int, ...]:
         return (1, 2, 3, 4)  # strides 4, 8, 16, 32 (conv_last repeats stride 32)

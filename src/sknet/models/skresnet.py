@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from sknet.errors import ConfigError
+from sknet.layers.drop import DropPath, drop_path_rates
 from sknet.layers.sk import BranchSpec, SKConv
-from sknet.models._base import ClassifierHead, SKNetModel
+from sknet.models._timm import PoolHead, TimmModel
 from sknet.models.resnext import ConvNormAct, _init_weights
 
 __all__ = ["SKBasicBlock", "SKResNet", "SKResNetConfig", "make_divisible"]
@@ -93,7 +94,15 @@ class SKBasicBlock(nn.Module):
     Submodule names (part of the checkpoint format): ``conv1``, ``conv2``, ``downsample``.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, cfg: SKResNetConfig, stage: int) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        cfg: SKResNetConfig,
+        stage: int,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.conv1 = SKConv(
             cin,
@@ -114,23 +123,38 @@ class SKBasicBlock(nn.Module):
             else nn.Identity()
         )
         self.act = nn.ReLU(inplace=True)
+        # stochastic depth on the residual branch (no parameters; the identity in eval mode)
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.downsample(x))
+        return self.act(self.drop_path(self.conv2(self.conv1(x))) + self.downsample(x))
 
 
-class SKResNet(SKNetModel):
+class SKResNet(TimmModel):
     """SK-ResNet with basic blocks: ImageNet stem, stages of :class:`SKBasicBlock`, linear head.
 
     Args:
         cfg: the architecture.
         num_classes: classifier width (0: no classifier).
         in_chans: input channels.
+        drop_rate: dropout before the classifier (training only).
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 (timm's).
+        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (none, with 0 classes).
     """
 
-    def __init__(self, cfg: SKResNetConfig, *, num_classes: int = 1000, in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        cfg: SKResNetConfig,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
         super().__init__()
         cfg.validate()
+        dpr = iter(drop_path_rates(drop_path_rate, sum(cfg.layers)))
         self.cfg = cfg
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -153,7 +177,7 @@ class SKResNet(SKNetModel):
             reduction *= stride
             blocks = []
             for u in range(units):
-                blk = SKBasicBlock(cin, cout, stride if u == 0 else 1, cfg, i)
+                blk = SKBasicBlock(cin, cout, stride if u == 0 else 1, cfg, i, next(dpr))
                 blk.conv1.unit_name = f"SK_{i + 2}_{u + 1}"
                 blocks.append(blk)
                 cin = cout
@@ -164,8 +188,8 @@ class SKResNet(SKNetModel):
         self.stages = nn.Sequential(*stages)
         self.min_input_size = reduction
         self.num_features = cin
-        self.head = ClassifierHead(cin, num_classes)
+        self.head = PoolHead(cin, num_classes, global_pool, drop_rate)
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))  # (N, C_last, H / 32, W / 32)
+        return self.forward_stages(self.stem(x))  # (N, C_last, H / 32, W / 32)
