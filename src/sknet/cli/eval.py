@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     # A file source is protected from being overwritten, and so is every existing file of the
     # run directory it belongs to (RUN, RUN/model.safetensors or RUN/checkpoints/last.pt alike);
     # a registry name has no file here.
+    checkpoint_path_of(args)  # checked first: it needs SOURCE to be a tag
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
     sources = []

@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
         if suffix not in ("onnx", "pt2"):
             raise ConfigError("give --format onnx|pt2 (or an --out file ending in .onnx / .pt2)")
         fmt = suffix
+    copy = checkpoint_path_of(args)  # checked first: it needs SOURCE to be a tag
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
     sources, protected = [], []
-    copy = checkpoint_path_of(args)
     if copy is not None:
         sources.append(copy)
     if _looks_like_path(args.source):
