@@ -187,16 +187,10 @@ def test_pretrained_cfg_keys_match_timm() -> None:
 
 
 def test_pretrained_cfg_follows_data_config() -> None:
-    from dataclasses import dataclass
-
-    from sknet.preprocess import Preprocess
-
-    @dataclass
-    class Data:
-        preprocess: Preprocess
+    from sknet.preprocess import DataConfig, Preprocess
 
     m = sknet.create_model("resnext_tiny")
-    m.data_config = Data(Preprocess(input_size=64, resize=80, interpolation="bicubic"))
+    m.data_config = DataConfig(Preprocess(input_size=64, resize=80, interpolation="bicubic"))
     cfg = m.pretrained_cfg
     assert cfg["input_size"] == (3, 64, 64)
     assert cfg["crop_pct"] == pytest.approx(0.8)
