@@ -204,3 +204,9 @@ def test_timm_kwargs_with_features_only_and_bad_values() -> None:
         sknet.create_model("sknet_tiny", drop_path_rate=1.5)
     with pytest.raises(ConfigError, match="drop_rate"):
         sknet.create_model("sknet_tiny", drop_rate=-0.1)
+
+
+def test_load_of_an_alias_records_our_name() -> None:
+    model, record = sknet.load("skresnext50_32x4d", random_weights=True)
+    assert record.name == model.model_name == "sknet50"
+    assert record.source == "skresnext50_32x4d"

@@ -232,7 +232,7 @@ def _load_registry(
     family = family_data_config(model)
     record = make_record(
         model,
-        name=text,
+        name=entry.name,  # ours, also for a timm alias (skresnext50_32x4d -> sknet50)
         preprocess=family.preprocess
         if family is not None
         else default_preprocess(entry.input_size, None),
