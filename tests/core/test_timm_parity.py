@@ -210,3 +210,11 @@ def test_load_of_an_alias_records_our_name() -> None:
     model, record = sknet.load("skresnext50_32x4d", random_weights=True)
     assert record.name == model.model_name == "sknet50"
     assert record.source == "skresnext50_32x4d"
+
+
+def test_a_backbone_carries_its_models_preprocessing() -> None:
+    full = sknet.create_model("sknet_tiny")
+    f = sknet.create_model("sknet_tiny", features_only=True)
+    assert f.data_config is not None and full.data_config is not None
+    assert f.data_config.preprocess == full.data_config.preprocess
+    assert f.data_config.classes is None

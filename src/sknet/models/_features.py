@@ -15,6 +15,7 @@ ImageNet models), not to all levels including the stem.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 from sknet.errors import InputTypeError
 from sknet.models._base import SKNetModel
 from sknet.models._staged import StagedNet, resolve_out_indices
+from sknet.preprocess import DataConfig
 
 __all__ = ["FeatureInfo", "FeatureNet"]
 
@@ -117,6 +119,11 @@ class FeatureNet(StagedNet):
             setattr(self, n, getattr(model, n))
         self.frozen_stages = min(model.frozen_stages, len(self.stages))
         self.norm_eval = model.norm_eval
+        # the input it expects is the model's; a backbone answers feature maps, not classes
+        cfg = model.data_config
+        self.data_config: DataConfig | None = (
+            replace(cfg, classes=None, class_ids=None) if cfg is not None else None
+        )
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
