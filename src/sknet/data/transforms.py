@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from sknet.errors import ConfigError
 from sknet.preprocess import (
@@ -109,6 +111,7 @@ def train_transform(
     crop_scale: tuple[float, float] = (0.08, 1.0),
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    auto_augment: str = "none",
 ) -> T.Compose:
     """Training augmentation preset.
 
@@ -118,15 +121,20 @@ def train_transform(
         crop_scale: ``RandomResizedCrop`` area range (imagenet only).
         mean: Normalisation mean (default: the kind's statistics).
         std: Normalisation std (default: the kind's statistics).
+        auto_augment: ``"none"``, ``"randaugment"`` (torchvision's ``RandAugment``, 2 ops at
+            magnitude 9) or ``"trivialaugment"`` (``TrivialAugmentWide``), applied after the
+            crop and flip, before normalisation.
     """
     canon = _canonical(kind)
     size = _DEFAULT_SIZE[canon] if image_size is None else int(image_size)
     norm = _normalize(kind, mean, std)
+    policy = _auto_augment(auto_augment)
     if canon == "imagenet":
         return T.Compose(
             [
                 T.RandomResizedCrop(size, scale=tuple(crop_scale)),
                 T.RandomHorizontalFlip(),
+                *policy,
                 T.ToTensor(),
                 norm,
             ]
@@ -136,9 +144,41 @@ def train_transform(
         steps: list[object] = [] if size == 32 else [T.Resize(size)]
         pad = 4 if size == 32 else max(1, round(4 * size / 32))
         return T.Compose(
-            [*steps, T.RandomCrop(size, padding=pad), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+            [
+                *steps,
+                T.RandomCrop(size, padding=pad),
+                T.RandomHorizontalFlip(),
+                *policy,
+                T.ToTensor(),
+                norm,
+            ]
         )
-    return T.Compose([T.RandomHorizontalFlip(), norm])
+    # synthetic: float tensors in [0, 1]; the policies work on uint8 images.
+    tensor_policy: list[object] = (
+        [_ToUint8(), *policy, T.ConvertImageDtype(torch.float32)] if policy else []
+    )
+    return T.Compose([T.RandomHorizontalFlip(), *tensor_policy, norm])
+
+
+#: ``auto_augment`` values of :func:`train_transform`.
+AUTO_AUGMENTS: tuple[str, ...] = ("none", "randaugment", "trivialaugment")
+
+
+def _auto_augment(name: str) -> list[object]:
+    if name == "none":
+        return []
+    if name == "randaugment":
+        return [v2.RandAugment()]
+    if name == "trivialaugment":
+        return [v2.TrivialAugmentWide()]
+    raise ConfigError(f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {name!r}")
+
+
+class _ToUint8:
+    """A float image in [0, 1] as uint8 (what the augmentation policies expect)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def eval_transform(

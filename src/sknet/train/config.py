@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "AMP_MODES",
+    "AUTO_AUGMENTS",
     "OPTIMIZERS",
     "SCHEDULES",
     "TrainConfig",
@@ -51,6 +53,7 @@ __all__ = [
     "load_preset",
     "parse_set_options",
     "preset_path",
+    "resolve_engine",
 ]
 
 #: ``schedule`` values. ``step``: divide by ``1 / lr_gamma`` every ``lr_step`` epochs;
@@ -64,6 +67,8 @@ AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 #: ``data`` values: :data:`sknet.data.DATASET_NAMES`.
 #: ``device`` values (``cuda:N`` is accepted too).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: ``auto_augment`` values: none, or torchvision's RandAugment / TrivialAugmentWide policies.
+AUTO_AUGMENTS: tuple[str, ...] = ("none", "randaugment", "trivialaugment")
 
 
 @dataclass
@@ -100,10 +105,18 @@ class TrainConfig:
         backbone_lr_scale (learning-rate factor of every parameter outside the classifier),
         label_smoothing, schedule (:data:`SCHEDULES`), lr_step, lr_milestones, lr_gamma,
         warmup_epochs, min_lr.
+    Modern ingredients (all off in the paper presets; not in the SKNet paper):
+        auto_augment (:data:`AUTO_AUGMENTS`: torchvision's RandAugment / TrivialAugmentWide in
+        the train transform), mixup_alpha, cutmix_alpha (0: off; torchvision's MixUp / CutMix on
+        each batch, soft-target cross entropy; with both, one of the two per batch),
+        ema_decay (0: off; an exponential moving average of the weights, evaluated and saved
+        instead of the raw weights, kept in checkpoints), grad_clip_norm (0: off; the global
+        gradient norm is clipped to it). Stochastic depth: ``model_overrides.drop_path_rate``.
     Engine:
-        seed, device (``auto``/``cpu``/``cuda``), workers (DataLoader processes), threads (torch
-        intra-op threads; 0 leaves the default), amp (:data:`AMP_MODES`), channels_last, sync_bn,
-        grad_accum, deterministic (deterministic algorithms; bit-exact resume on CPU).
+        seed, device (``auto``/``cpu``/``cuda``), workers (DataLoader processes; -1: auto),
+        threads (torch intra-op threads; 0: auto), see :func:`resolve_engine`; amp
+        (:data:`AMP_MODES`), channels_last, sync_bn, grad_accum, deterministic (deterministic
+        algorithms; bit-exact resume on CPU).
     Bookkeeping:
         log_every (steps between progress/metric updates), checkpoint_every (optimizer steps
         between mid-epoch checkpoints; 0: at epoch ends only), eval_every (epochs),
@@ -147,6 +160,12 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
+    # modern ingredients (off by default)
+    auto_augment: str = "none"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ema_decay: float = 0.0
+    grad_clip_norm: float = 0.0
     # engine
     seed: int = 0
     device: str = "auto"
@@ -259,6 +278,16 @@ class TrainConfig:
             f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
         )
         _need(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
+        _need(
+            self.auto_augment in AUTO_AUGMENTS,
+            f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}",
+        )
+        for name in ("mixup_alpha", "cutmix_alpha", "grad_clip_norm"):
+            v = getattr(self, name)
+            _need(math.isfinite(v) and v >= 0, f"{name} must be >= 0 (0: off), got {v}")
+        _need(
+            0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}"
+        )
 
     def _validate_engine(self) -> None:
         _need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -266,8 +295,8 @@ class TrainConfig:
             self.device in DEVICES or self.device.startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-        _need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
-        _need(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _need(self.workers >= -1, f"workers must be >= 0, or -1 (auto), got {self.workers}")
+        _need(self.threads >= 0, f"threads must be >= 0 (0: auto), got {self.threads}")
         _need(
             self.amp in AMP_MODES,
             f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}",
@@ -295,6 +324,11 @@ class TrainConfig:
 
             return get_entry(self.model).input_size
         return 32 if self.data.startswith("cifar") else 224
+
+    def resolved_engine(self, cores: int | None = None) -> tuple[int, int]:
+        """``(threads, workers)`` of the run with the automatic values resolved
+        (:func:`resolve_engine`)."""
+        return resolve_engine(self.threads, self.workers, self.data, cores)
 
     def effective_lr(self) -> float:
         """The peak learning rate used: ``lr`` scaled linearly by the global batch."""
@@ -346,6 +380,32 @@ class TrainConfig:
         lines += ["", "[model_overrides]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in overrides.items()]
         return "\n".join(lines) + "\n"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_engine(
+    threads: int, workers: int, data: str = "imagefolder", cores: int | None = None
+) -> tuple[int, int]:
+    """Resolve ``threads = 0`` and ``workers = -1`` ("auto") so that the main process's
+    intra-op threads plus the loader processes do not oversubscribe the cores.
+
+    Auto workers: 0 for synthetic data (rendered in memory), else half the cores (at most 8),
+    so 1 on 2 cores. Auto threads: the cores left per process, ``cores // (1 + workers)``, at
+    least 1. Explicit values are kept as given.
+    """
+    n = available_cores() if cores is None else max(1, int(cores))
+    if workers < 0:
+        workers = 0 if data == "synthetic" or n < 2 else min(8, n // 2)
+    if threads <= 0:
+        threads = max(1, n // (1 + workers))
+    return threads, workers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -292,9 +292,22 @@ def build_data(cfg: TrainConfig) -> DataBundle:
     if cfg.data == "synthetic" and cfg.cache_data:
         base = _maybe_cache(base, size)
     if kind == "imagenet":
-        tf = train_transform(kind, size, crop_scale=cfg.crop_scale, mean=mean, std=std)
+        tf = train_transform(
+            kind,
+            size,
+            crop_scale=cfg.crop_scale,
+            mean=mean,
+            std=std,
+            auto_augment=cfg.auto_augment,
+        )
     else:
-        tf = train_transform(kind, size if kind != "synthetic" else None, mean=mean, std=std)
+        tf = train_transform(
+            kind,
+            size if kind != "synthetic" else None,
+            mean=mean,
+            std=std,
+            auto_augment=cfg.auto_augment,
+        )
     train = SeededTransformDataset(base, tf)
     val = make_eval_dataset(
         cfg.data,

@@ -43,7 +43,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from sknet import errors
 from sknet._device import autocast
@@ -71,7 +73,7 @@ from sknet.train.checkpoint import (
     save_checkpoint,
     weights_digest,
 )
-from sknet.train.config import TrainConfig, apply_overrides
+from sknet.train.config import TrainConfig, apply_overrides, available_cores, resolve_engine
 from sknet.train.distributed import (
     DistInfo,
     all_gather_objects,
@@ -127,6 +129,15 @@ def learning_rate(cfg: TrainConfig, step: int, epoch: int, steps_per_epoch: int)
 # ---------------------------------------------------------------------------------------------
 
 
+def engine_settings(cfg: TrainConfig) -> tuple[int, int]:
+    """``(threads, workers)`` of a run: ``cfg``'s, with the automatic values (threads 0,
+    workers -1) resolved for the cores of this process (shared by the processes of one
+    machine under torchrun)."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cores = max(1, available_cores() // local)
+    return resolve_engine(cfg.threads, cfg.workers, cfg.data, cores)
+
+
 @contextlib.contextmanager
 def _engine_state(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
     """Apply threads / determinism settings for the run; restore the previous ones afterwards."""
@@ -137,8 +148,7 @@ def _engine_state(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
     cudnn_bench = torch.backends.cudnn.benchmark
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(engine_settings(cfg)[0])
         if cfg.deterministic:
             if device.type == "cuda" and cublas is None:
                 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
@@ -269,6 +279,10 @@ class _Trainer:
         # sync only when :meth:`check_finite` runs (every step on the CPU, else at log steps).
         self.nonfinite = torch.zeros((), dtype=torch.float32, device=self.device)
         self.check_every = 1 if self.device.type == "cpu" else cfg.log_every
+        self.threads, self.workers = engine_settings(cfg)
+        self.ema: AveragedModel | None = None
+        self.mix: Any = None  # MixUp / CutMix on batches, or None
+        self.last_grad_norm: float | None = None  # before clipping, of the last step
 
     # ----------------------------------------------------------------------- the whole run
 
@@ -310,6 +324,7 @@ class _Trainer:
             )
         self.build_model(ckpt)
         self.build_optimizer()
+        self.build_ingredients()
         self.sampler = PositionedSampler(self.data.train, dist.world_size, dist.rank, seed=cfg.seed)
         micro = (self.sampler.num_samples // self.mb) // cfg.grad_accum * cfg.grad_accum
         self.micro_per_epoch, self.steps_per_epoch = micro, micro // cfg.grad_accum
@@ -320,7 +335,7 @@ class _Trainer:
             )
         eval_bs = cfg.eval_batch_size or 2 * self.mb
         self.val_loader = eval_loader(
-            self.data.val, eval_bs, dist.rank, dist.world_size, cfg.workers, self.device
+            self.data.val, eval_bs, dist.rank, dist.world_size, self.workers, self.device
         )
 
     def build_model(self, ckpt: dict[str, Any] | None) -> None:
@@ -380,6 +395,26 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
+    def build_ingredients(self) -> None:
+        """EMA of the weights and batch MixUp / CutMix, when the config turns them on."""
+        cfg = self.cfg
+        if cfg.ema_decay > 0:
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+            self.ema.requires_grad_(False)
+        mixers: list[Any] = []
+        if cfg.mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=self.num_classes))
+        if cfg.cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=self.num_classes))
+        if mixers:
+            self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated and saved: the EMA when enabled, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
     # ----------------------------------------------------------------------- resume
 
     def read_checkpoint(self, resume: bool) -> dict[str, Any] | None:
@@ -403,6 +438,13 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                raise ConfigError(
+                    "the checkpoint holds no EMA weights (ema_decay was 0): resume with "
+                    "ema_decay = 0 or start a new run"
+                )
+            self.ema.load_state_dict(ckpt["ema"])
         # The stored partial sums are over all ranks: rank 0 takes them, the others start at 0.
         self.state.load_state_dict(ckpt, holds_partial=self.dist.is_main)
         st = self.state
@@ -469,6 +511,24 @@ class _Trainer:
             cfg.schedule,
             self.device,
         )
+        log.info(
+            "engine: %d intra-op thread(s), %d loader worker(s) (config: threads=%d, workers=%d; "
+            "%d core(s) available)",
+            self.threads,
+            self.workers,
+            cfg.threads,
+            cfg.workers,
+            available_cores(),
+        )
+        keys = ("auto_augment", "mixup_alpha", "cutmix_alpha", "ema_decay", "grad_clip_norm")
+        extras = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) not in ("none", 0)]
+        extras += [
+            f"{k}={v}"
+            for k, v in cfg.model_overrides.items()
+            if k in ("drop_path_rate", "drop_rate")
+        ]
+        if extras:
+            log.info("ingredients: %s", ", ".join(extras))
         if self.provenance:
             log.info("initial weights: %s (%s)", cfg.init, self.provenance.get("init_model"))
 
@@ -485,7 +545,7 @@ class _Trainer:
             batch_size=self.mb,
             sampler=self.sampler,
             drop_last=True,
-            **loader_kwargs(cfg.workers, self.device),
+            **loader_kwargs(self.workers, self.device),
         )
         self.net.train()
         window, bar = _Window(), self.progress_bar()
@@ -553,6 +613,9 @@ class _Trainer:
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        hard = labels
+        if self.mix is not None:
+            images, labels = self.mix(images, labels)  # soft targets (B, classes)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         # Under DDP, gradients are all-reduced only after the last micro-batch of a step.
@@ -570,9 +633,9 @@ class _Trainer:
             ld = loss.detach()
             self.nonfinite += (~torch.isfinite(ld)).float()
             partial = self.state.partial
-            partial[0] += ld.double() * labels.numel()
-            partial[1] += (logits.detach().argmax(1) == labels).sum()
-            partial[2] += labels.numel()
+            partial[0] += ld.double() * hard.numel()
+            partial[1] += (logits.detach().argmax(1) == hard).sum()
+            partial[2] += hard.numel()
         return ld
 
     def optimizer_step(self, loss: torch.Tensor, window: _Window, bar: Any) -> None:
@@ -580,12 +643,20 @@ class _Trainer:
         cfg, st = self.cfg, self.state
         if st.global_step % self.check_every == 0:
             self.check_finite()  # on the CPU: before a bad step is applied
+        if cfg.grad_clip_norm > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+            self.last_grad_norm = float(norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         st.global_step += 1
         st.step_in_epoch += 1
         if st.step_in_epoch % cfg.log_every == 0 or st.step_in_epoch == self.steps_per_epoch:
@@ -660,7 +731,7 @@ class _Trainer:
         """Validation metrics: each rank evaluates its shard, the sums are all-reduced."""
         try:
             val = evaluate(
-                self.model,
+                self.eval_model(),
                 self.val_loader,
                 device=self.device,
                 amp=self.cfg.amp,
@@ -764,6 +835,11 @@ class _Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": (
+                {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+                if self.ema is not None
+                else None
+            ),
             **self.state.state_dict(partial=total),
             "rng": rngs,
             "world_size": self.dist.world_size,
@@ -844,7 +920,7 @@ class _Trainer:
     def write_final(self, summary: dict[str, Any]) -> None:
         cfg, meta = self.cfg, self.meta
         save_weights(
-            self.model,
+            self.eval_model(),
             self.run_dir / "model.safetensors",
             name=cfg.model,
             overrides=dict(cfg.model_overrides),
