@@ -155,6 +155,9 @@ def test_micro_batch_divides_the_global_batch() -> None:
 
 def test_default_eval_sizes_follow_table_2() -> None:
     assert default_eval_sizes("imagefolder", 224) == [224, 320]
-    assert default_eval_sizes("imagefolder", 112) == [112, 160]
+    assert default_eval_sizes("imagefolder", 288) == [288, 411]
+    # a small-image folder model (issue 17: a 48 px model got an unexplained 69 px row)
+    assert default_eval_sizes("imagefolder", 112) == [112]
+    assert default_eval_sizes("imagefolder", 48) == [48]
     assert default_eval_sizes("synthetic", 48) == [48]
     assert default_eval_sizes("cifar100", 32) == [32]

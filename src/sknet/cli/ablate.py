@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet ablate --list                      # the experiments\n"
             "  sknet ablate table7 --list               # its rows, params and MACs\n"
             "  sknet ablate table7 --out runs/table7 --seeds 0 1 --jobs 2 \\\n"
-            "      --set epochs=4 --set warmup_epochs=1 --set lr=0.1 --set threads=1\n"
+            "      --set epochs=4 --set threads=1      # the demo recipe (AdamW, lr 3e-3)\n"
             "  sknet ablate baselines --preset imagenet --data imagefolder \\\n"
             "      --data-dir /data/imagenet --out runs/table2"
         ),

@@ -151,9 +151,11 @@ def _metrics(sums: torch.Tensor, num_classes: int) -> dict[str, Any]:
 
 
 def default_eval_sizes(data: str | None, image_size: int) -> list[int]:
-    """ImageNet-style data: the native size and 320/224 of it (224 and 320 as in the paper's
-    Table 2 for a model trained at 224); otherwise the native size only."""
-    if data in ("imagefolder", "imagenet"):
+    """ImageNet-scale models on ImageNet-style data (trained at 224 or more): the native size
+    and 320/224 of it, the paper's Table 2 protocol (224 and 320). Anything else, e.g. a 48 px
+    model on a folder of small images: the native size only (a 320/224 row would be a size
+    nobody asked for)."""
+    if data in ("imagefolder", "imagenet") and image_size >= 224:
         return [image_size, round(image_size * 320 / 224)]
     return [image_size]
 
