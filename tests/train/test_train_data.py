@@ -66,8 +66,11 @@ def test_corrupt_images_are_skipped_and_reported(tmp_path: Path, workers: int) -
         assert p in log
     assert "4 unreadable image(s)" in (run_dir / "summary.txt").read_text()
     if workers == 0:
-        # ImageNet-style evaluation: native size and 320/224 of it, resize then centre crop.
+        # a 32 px folder model: its native size only (the 320/224 row is for ImageNet-scale
+        # models), resize then centre crop
         res = evaluate_source(run_dir)
+        assert [(r["size"], r["resize"], r["n"]) for r in res["results"]] == [(32, 37, 23)]
+        res = evaluate_source(run_dir, sizes=[32, 46])  # other sizes on request
         assert [(r["size"], r["resize"], r["n"]) for r in res["results"]] == [
             (32, 37, 23),
             (46, 53, 23),
