@@ -36,8 +36,13 @@ from sknet.train import load_preset, train
 SIZE = 48
 
 
-def write_digits(root: Path, size: int, split_seed: int = 0) -> dict[str, int]:
-    """scikit-learn's digits as ``root/{train,val}/<digit>/*.png``; returns the split sizes."""
+def write_digits(
+    root: Path, size: int, split_seed: int = 0, train_per_class: int | None = None
+) -> dict[str, int]:
+    """scikit-learn's digits as ``root/{train,val}/<digit>/*.png``; returns the split sizes.
+
+    ``train_per_class`` keeps only that many training images per class (a small folder, the
+    case fine-tuning is for); the validation split is the same 20% either way."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -51,6 +56,8 @@ def write_digits(root: Path, size: int, split_seed: int = 0) -> dict[str, int]:
         n_val = round(len(idx) * 0.2)
         for k, i in enumerate(idx):
             split = "val" if k < n_val else "train"
+            if split == "train" and train_per_class is not None and k >= n_val + train_per_class:
+                continue
             d = root / split / str(label)
             d.mkdir(parents=True, exist_ok=True)
             img = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
@@ -114,13 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-epochs", type=int, default=4)
     ap.add_argument("--source-samples", type=int, default=3000)
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument(
+        "--train-per-class",
+        type=int,
+        default=None,
+        help="keep this many training images per class (default: all, about 144)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     data = out / "digits"
     if not (data / "train").is_dir():
-        counts = write_digits(data, SIZE, args.split_seed)
+        counts = write_digits(data, SIZE, args.split_seed, args.train_per_class)
         print(f"digits: {counts['train']} train / {counts['val']} val images at {SIZE} px")
     source = args.source
     if source is None:
@@ -153,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             (out / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     md = table(rows)
     header = (
-        f"Digits (scikit-learn, real scans) at {SIZE} px, {args.epochs} epochs, seeds "
+        f"Digits (scikit-learn, real scans) at {SIZE} px, "
+        f"{args.train_per_class or 'all'} training images per class, {args.epochs} epochs, seeds "
         f"{args.seeds}; source: {source}; {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, 1 thread per run\n\n"
     )
