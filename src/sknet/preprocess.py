@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from sknet import _limits
+import sknet._limits as _limits
 from sknet.errors import ConfigError, FileFormatError, InputError
 
 __all__ = [

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sknet import train as _train_mod
+import sknet.train as _train_mod
 from sknet._files import atomic_write_text
 from sknet._json import jsonable
 from sknet.complexity import complexity

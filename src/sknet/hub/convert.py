@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from sknet import _limits
+import sknet._limits as _limits
 from sknet.errors import ConfigError, FileFormatError
 from sknet.hub.read import check_state_dtypes
 from sknet.models import create_model, get_entry

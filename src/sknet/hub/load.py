@@ -47,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sknet import _limits
+import sknet._limits as _limits
 from sknet.errors import ConfigError, FileFormatError
 from sknet.hub import caffe
 from sknet.hub.convert import SOURCES, guess_model, map_state

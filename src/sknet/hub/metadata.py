@@ -38,7 +38,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from sknet import _limits
+import sknet._limits as _limits
 from sknet._files import atomic_save
 from sknet._json import jsonable
 from sknet.errors import ConfigError, FileFormatError

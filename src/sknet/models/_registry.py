@@ -235,11 +235,40 @@ def create_model(
     """
     entry = get_entry(name)
     name = entry.name  # an alias resolved
+    timm_args = _timm_args(drop_rate, drop_path_rate)
+    _check_build_args(entry, num_classes, in_chans, output_stride, overrides)
+    weights = None
+    width = entry.paper_num_classes if num_classes is None else num_classes
+    if pretrained or checkpoint_path is not None:
+        weights = _prepare_weights(name, pretrained, checkpoint_path, overrides)
+        width, overrides = weights.num_classes, dict(weights.overrides)
+    config = apply_overrides(entry.config, dict(overrides), name)
+    model = entry.builder(config, num_classes=width, in_chans=in_chans, **timm_args)
+    model.model_name = name  # type: ignore[assignment]
+    model.model_config = config  # the resolved architecture
+    if weights is not None:  # built once, then loaded
+        weights.load_into(model, num_classes)
+    return _finish(model, entry, global_pool, frozen_stages, norm_eval, features_only, out_indices)
+
+
+def _timm_args(drop_rate: float, drop_path_rate: float) -> dict[str, Any]:
+    """The builder keywords of timm's training knobs that are set (checked rates)."""
     timm_args: dict[str, Any] = {}
     if check_rate(drop_rate, "drop_rate"):
         timm_args["drop_rate"] = drop_rate
     if check_rate(drop_path_rate, "drop_path_rate"):
         timm_args["drop_path_rate"] = drop_path_rate
+    return timm_args
+
+
+def _check_build_args(
+    entry: ModelEntry,
+    num_classes: int | None,
+    in_chans: int,
+    output_stride: int | None,
+    overrides: dict[str, Any],
+) -> None:
+    """Check ``create_model``'s plain arguments; ``output_stride`` becomes an override."""
     if output_stride is not None:
         if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
             raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
@@ -247,34 +276,45 @@ def create_model(
             overrides["output_stride"] = output_stride
         elif output_stride != 32:
             raise ConfigError(
-                f"output_stride={output_stride} needs a ResNeXt-family model; {name} "
+                f"output_stride={output_stride} needs a ResNeXt-family model; {entry.name} "
                 f"({entry.family}) supports only output_stride=32"
             )
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0
     ):
         raise ConfigError(f"num_classes must be an int >= 0, got {num_classes!r}")
-    weights = None
-    width = entry.paper_num_classes if num_classes is None else num_classes
-    if pretrained or checkpoint_path is not None:
-        if not _WEIGHTS_LOADER:
-            raise DependencyError(
-                f"create_model({name!r}, pretrained=..., checkpoint_path=...) needs the weights "
-                "loader of sknet.hub: import sknet (or sknet.hub) first"
-            )
-        weights = _WEIGHTS_LOADER[0](name, pretrained, checkpoint_path, dict(overrides))
-        width, overrides = weights.num_classes, dict(weights.overrides)
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ConfigError(f"in_chans must be an int >= 1, got {in_chans!r}")
-    config = apply_overrides(entry.config, dict(overrides), name)
-    model = entry.builder(config, num_classes=width, in_chans=in_chans, **timm_args)
-    model.model_name = name  # type: ignore[assignment]
-    model.model_config = config  # the resolved architecture
-    if weights is not None:  # built once, then loaded
-        weights.load_into(model, num_classes)
+
+
+def _prepare_weights(
+    name: str,
+    pretrained: bool | str,
+    checkpoint_path: str | os.PathLike | None,
+    overrides: dict[str, Any],
+) -> Any:
+    """The weights to load, prepared (read and checked) by the loader sknet.hub registers."""
+    if not _WEIGHTS_LOADER:
+        raise DependencyError(
+            f"create_model({name!r}, pretrained=..., checkpoint_path=...) needs the weights "
+            "loader of sknet.hub: import sknet (or sknet.hub) first"
+        )
+    return _WEIGHTS_LOADER[0](name, pretrained, checkpoint_path, dict(overrides))
+
+
+def _finish(
+    model: SKNetModel,
+    entry: ModelEntry,
+    global_pool: str | None,
+    frozen_stages: int,
+    norm_eval: bool,
+    features_only: bool,
+    out_indices: int | Sequence[int] | None,
+) -> SKNetModel | FeatureNet:
+    """Pooling, freezing and the backbone view, after the weights are in."""
     if global_pool is not None:  # after loading: the weights' classifier width may change
         if not isinstance(model, TimmModel):
-            raise ConfigError(f"{name} ({entry.family}) does not support global_pool")
+            raise ConfigError(f"{entry.name} ({entry.family}) does not support global_pool")
         model.head.global_pool = check_pool(global_pool, model.num_classes)
     if frozen_stages != -1:
         model.set_frozen_stages(frozen_stages)

@@ -284,6 +284,32 @@ def predict(
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     items = expand_inputs(images)  # before loading: input errors are cheap to find
     model, pre, names, _ = _resolve(model_or_source, preprocess, classes)
+    num_classes = _check_classifier(model, names)
+    units = {k_: u for k_, u in sk_units(model).items() if getattr(u, "attn", None) is not None}
+    if explain and not units:
+        raise ConfigError(
+            f"{getattr(model, 'model_name', type(model).__name__)} has no SK units with "
+            "attention: there is nothing to explain"
+        )
+    run = _BatchRun(
+        model, dev, min(topk, num_classes), units, explain, names, preprocess_transform(pre)
+    )
+    was_training = model.training
+    model.to(dev).eval()
+    results: list[Prediction] = []
+    total = len(items)
+    try:
+        for start in range(0, total, batch_size):
+            results += run(items[start : start + batch_size], start)
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _check_classifier(model: nn.Module, names: Sequence[str] | None) -> int:
+    """The model's number of classes, checked: a classifier, RGB input, matching names."""
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes < 1:
         raise ConfigError("predict needs a model with a classifier (num_classes >= 1)")
@@ -293,44 +319,48 @@ def predict(
         )
     if names is not None and len(names) != num_classes:
         raise ConfigError(f"{len(names)} class names for a model with {num_classes} classes")
-    k = min(topk, num_classes)
-    units = {k_: u for k_, u in sk_units(model).items() if getattr(u, "attn", None) is not None}
-    if explain and not units:
-        raise ConfigError(
-            f"{getattr(model, 'model_name', type(model).__name__)} has no SK units with "
-            "attention: there is nothing to explain"
-        )
-    unit_branches = {key: branch_names(u) for key, u in units.items()}
-    transform = preprocess_transform(pre)
-    was_training = model.training
-    model.to(dev).eval()
-    results: list[Prediction] = []
-    total = len(items)
-    try:
-        for start in range(0, total, batch_size):
-            batch = items[start : start + batch_size]
-            chunk = [_read(im, start + j, transform) for j, im in enumerate(batch)]
-            good = [x for _, x, _err in chunk if x is not None]  # x is None exactly on error
-            outs: list[tuple[list[int], list[float], dict[str, dict[str, float]] | None]] = []
-            if good:
-                outs = _classify(model, torch.stack(good).to(dev), k, units, unit_branches, explain)
-            it = iter(outs)
-            for p, _, err in chunk:
-                if err is not None:
-                    results.append(Prediction(path=p, error=err))
-                    continue
-                ids, vals, att_i = next(it)
-                results.append(
-                    Prediction(
-                        path=p,
-                        labels=tuple(names[i] if names else f"class {i}" for i in ids),
-                        indices=tuple(int(i) for i in ids),
-                        scores=tuple(float(v) for v in vals),
-                        attention=att_i,
-                    )
+    return num_classes
+
+
+class _BatchRun:
+    """One batch of inputs -> its predictions (unreadable inputs get an error entry)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        k: int,
+        units: Mapping[str, nn.Module],
+        explain: bool,
+        names: Sequence[str] | None,
+        transform: Callable[[Any], torch.Tensor],
+    ) -> None:
+        self.model, self.device, self.k, self.units, self.explain = model, device, k, units, explain
+        self.names, self.transform = names, transform
+        self.unit_branches = {key: branch_names(u) for key, u in units.items()}
+
+    def __call__(self, batch: Sequence[Any], start: int) -> list[Prediction]:
+        chunk = [_read(im, start + j, self.transform) for j, im in enumerate(batch)]
+        good = [x for _, x, _err in chunk if x is not None]  # x is None exactly on error
+        outs: list[tuple[list[int], list[float], dict[str, dict[str, float]] | None]] = []
+        if good:
+            x = torch.stack(good).to(self.device)
+            outs = _classify(self.model, x, self.k, self.units, self.unit_branches, self.explain)
+        it = iter(outs)
+        results: list[Prediction] = []
+        for p, _, err in chunk:
+            if err is not None:
+                results.append(Prediction(path=p, error=err))
+                continue
+            ids, vals, att_i = next(it)
+            names = self.names
+            results.append(
+                Prediction(
+                    path=p,
+                    labels=tuple(names[i] if names else f"class {i}" for i in ids),
+                    indices=tuple(int(i) for i in ids),
+                    scores=tuple(float(v) for v in vals),
+                    attention=att_i,
                 )
-            if progress is not None:
-                progress(min(start + batch_size, total), total)
-    finally:
-        model.train(was_training)
-    return results
+            )
+        return results

@@ -47,7 +47,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from sknet import errors
+import sknet.errors as errors
 from sknet._device import autocast
 from sknet._files import RunLock
 from sknet.complexity import complexity
