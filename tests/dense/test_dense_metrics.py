@@ -263,3 +263,14 @@ def test_evaluate_dense_segment_with_fake_model() -> None:
     assert m["n_images"] == 2
     with pytest.raises(ConfigError):
         evaluate_dense(nn.Identity(), batches(TARGETS, 1), "cpu")
+
+
+def test_evaluate_dense_amp_and_bad_options() -> None:
+    outputs = [{"semantic": t["semantic"]} for t in TARGETS]
+    m = evaluate_dense(FakeModel("segment", outputs), batches(TARGETS, 2), "cpu", amp="bf16")
+    assert m["miou"] == pytest.approx(100.0)
+    assert [b[0] for b in m["bins"]] == ["small", "medium", "large"]  # terciles of the targets
+    with pytest.raises(ConfigError):
+        evaluate_dense(FakeModel("segment", outputs), batches(TARGETS, 2), "cpu", amp="fp8")
+    with pytest.raises(ConfigError):
+        evaluate_dense(FakeModel("segment", outputs), batches(TARGETS, 2), "cpu", max_images=0)

@@ -544,7 +544,10 @@ def evaluate_dense(
                         if "masks" in target:
                             meter.update_objects(pred["semantic"], target)
                     else:
-                        targets_all.append({k: v for k, v in target.items() if k != "semantic"})
+                        # Held for the whole set: GT masks only where mask AP will need them.
+                        boxes_only = "masks" not in pred and len(pred.get("scores", ())) > 0
+                        drop = {"semantic", "masks"} if boxes_only else {"semantic"}
+                        targets_all.append({k: v for k, v in target.items() if k not in drop})
                         preds_all.append(pred)
                 n_images += len(targets)
     finally:
