@@ -115,6 +115,12 @@ def test_geometry_rule_values() -> None:
     # small objects only: no coarse stage beyond the first whose anchor covers the largest
     g = geometry_for("sknet50", 512, (8, 40))
     assert g.strides == (4, 8, 16) and g.num_extra_levels == 0
+    # a dilated backbone (output_stride=16): of two levels at one stride, the deeper one
+    with torch.device("meta"):
+        dilated = create_model("sknet50", features_only=True, output_stride=16)
+    g = geometry_for(dilated, 512, (16, 256))
+    assert g.strides == (4, 8, 16, 32, 64) and g.backbone_levels == (1, 2, 4)
+    assert g.num_extra_levels == 2
 
 
 def test_built_models_follow_the_geometry() -> None:
@@ -175,6 +181,10 @@ def test_trainable_bn_needs_two_images() -> None:
     model = build_dense_model("sknet_tiny", "detect", "fcos", K, SIZE, (8, 32)).train()
     with pytest.raises(InputError, match="frozen_bn"):
         model(_images(1), _targets(1))
+    # BN kept in eval mode (norm_eval) trains at batch 1
+    overrides = {"norm_eval": True}
+    model = build_dense_model("sknet_tiny", "segment", "fpn", K, SIZE, backbone_overrides=overrides)
+    assert model.train()(_images(1), _targets(1))["loss_seg"].requires_grad
 
 
 def test_load_backbone_weights_from_a_classifier() -> None:

@@ -38,6 +38,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
@@ -190,8 +192,13 @@ def geometry_for(
     >>> geometry_for("sknet50", 512, (16, 256)).anchor_sizes    # (16, 32, 64, 128, 256)
     """
     image_size = _check_int(image_size, "image_size")
-    lo, hi = _check_object_sizes(object_sizes, image_size)
     indices, strides, min_size = _backbone_levels(backbone)
+    if image_size < min_size:
+        raise ConfigError(
+            f"image_size {image_size} is below the backbone's minimum input size {min_size} "
+            "(its total stride)"
+        )
+    lo, hi = _check_object_sizes(object_sizes, image_size)
     # stage levels (index 0 is the stem); of levels at one stride (a dilated stage), the deepest
     by_stride: dict[int, int] = {}
     for i in indices[1:] if len(indices) > 1 else indices:
@@ -209,11 +216,6 @@ def geometry_for(
     while ANCHOR_PER_STRIDE * level_strides[-1] < hi:
         level_strides.append(level_strides[-1] * 2)
         extra += 1
-    if image_size < min_size:
-        raise ConfigError(
-            f"image_size {image_size} is below the backbone's minimum input size {min_size} "
-            "(its total stride)"
-        )
     if level_strides[-1] > image_size:
         raise ConfigError(
             f"image_size {image_size} is smaller than the coarsest FPN level's stride "
@@ -470,7 +472,14 @@ class DenseModel(nn.Module):
         return [dict(t) for t in targets]
 
     def _check_batch_for_bn(self, n: int) -> None:
-        if self.training and n < 2 and not self.frozen_bn and sk_units(self.backbone):
+        if n > 1 or not self.training:
+            return
+        attn_bn = [
+            u.attn.bn
+            for u in sk_units(self.backbone).values()
+            if u.attn is not None and isinstance(u.attn.bn, nn.modules.batchnorm._BatchNorm)
+        ]
+        if any(bn.training for bn in attn_bn):
             raise InputError(
                 "training with trainable BatchNorm needs >= 2 images per batch (each SK unit's "
                 "attention BN normalises over the batch); use batch >= 2 or frozen_bn=True"
@@ -599,8 +608,11 @@ def _detector(
             "canonical_scale": ANCHOR_PER_STRIDE * 2**4,
             "canonical_level": 4,
         }
+        width = fpn.out_channels  # torchvision: 256 (FPN), 1024 (box MLP), 256 (mask convs)
         kwargs: dict[str, Any] = {
             "rpn_anchor_generator": anchors,
+            "box_head": TwoMLPHead(width * 7 * 7, 4 * width),
+            "box_predictor": FastRCNNPredictor(4 * width, num_classes + 1),
             "box_roi_pool": MultiScaleRoIAlign(output_size=7, sampling_ratio=2, **roi),
             "rpn_pre_nms_top_n_train": round(2000 * f),
             "rpn_pre_nms_top_n_test": round(1000 * f),
@@ -612,9 +624,11 @@ def _detector(
         }
         if head == "mask_rcnn":
             kwargs["mask_roi_pool"] = MultiScaleRoIAlign(output_size=14, sampling_ratio=2, **roi)
-            net = MaskRCNN(fpn, num_classes + 1, **kwargs)
+            kwargs["mask_head"] = MaskRCNNHeads(width, (width,) * 4, 1)
+            kwargs["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes + 1)
+            net = MaskRCNN(fpn, None, **kwargs)
         else:
-            net = FasterRCNN(fpn, num_classes + 1, **kwargs)
+            net = FasterRCNN(fpn, None, **kwargs)
     # pad batches to the coarsest stride (torchvision pads to 32)
     net.transform = GeneralizedRCNNTransform(
         size, size, list(mean), list(std), size_divisible=max(geometry.strides)
@@ -653,6 +667,14 @@ def build_dense_model(
             ``{"frozen_stages": 1}`` or config fields); ``features_only``/``out_indices`` are
             set here.
 
+    Head settings (besides the geometry, :data:`GEOMETRY_RULE`): 100 detections per image;
+    score thresholds torchvision's (FCOS 0.2, RetinaNet and R-CNN 0.05). R-CNN: RPN pre-NMS
+    top-n per level and post-NMS top-n = torchvision's (2000 train / 1000 test) x f with
+    f = clamp((image_size / 800)^2, 1/8, 1), so 250 / 125 at 128 px; RoI sampling
+    max(64, 512 f) boxes per image; box MLP 4 x fpn_channels wide and mask head convs
+    fpn_channels wide (torchvision: 1024 and 256 on a 256-channel FPN). The geometry is
+    computed on the backbone as overridden (``output_stride`` dilations included).
+
     Raises:
         ConfigError: an unknown task, head or backbone, ``num_classes < 1``, ``image_size``
             below the backbone's minimum, invalid ``object_sizes`` or ``fpn_channels``.
@@ -669,11 +691,16 @@ def build_dense_model(
         )
     if not isinstance(backbone, str):
         raise ConfigError(f"backbone must be a model name, got {type(backbone).__name__}")
-    geometry = geometry_for(backbone, image_size, object_sizes)
     overrides = dict(backbone_overrides or {})
     for key in ("features_only", "out_indices", "num_classes"):
         if key in overrides:
             raise ConfigError(f"backbone_overrides must not set {key!r}: build_dense_model sets it")
+    get_entry(backbone)  # ConfigError naming close matches for an unknown name
+    # the levels with the overrides (output_stride dilates): shapes only, weights not loaded
+    shape_args = {k: v for k, v in overrides.items() if k not in ("pretrained", "checkpoint_path")}
+    with torch.device("meta"):
+        probe = create_model(backbone, features_only=True, **shape_args)
+    geometry = geometry_for(probe, image_size, object_sizes)
     body = create_model(
         backbone, features_only=True, out_indices=geometry.backbone_levels, **overrides
     )
