@@ -19,7 +19,7 @@ from sknet.dense.models import (
 )
 from sknet.errors import ConfigError, InputError
 from sknet.layers import FrozenBatchNorm2d
-from sknet.models import create_model, sk_units
+from sknet.models import capture_attention, create_model, sk_units
 
 SIZE = 64
 K = 5
@@ -208,12 +208,17 @@ def test_load_backbone_weights_from_a_classifier() -> None:
     bad[key] = torch.zeros(1)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_backbone_weights(model, bad)
+    with pytest.raises(ConfigError, match="not a tensor"):
+        load_backbone_weights(model, {"state_dict": sd, "epoch": 3})
 
 
 def test_sk_units_reachable() -> None:
     sk = build_dense_model("sknet_tiny", "segment", "fpn", K, SIZE)
     assert sk_units(sk.backbone)
     assert sk_units(sk)  # the same units, through the wrapper
+    with capture_attention(sk.backbone) as attention, torch.no_grad():
+        sk.eval()(_images())
+    assert attention and all(a.shape[0] == 2 for a in attention.values())
     plain = build_dense_model("resnext_tiny", "segment", "fpn", K, SIZE)
     assert not sk_units(plain.backbone)
 

@@ -157,7 +157,7 @@ def _check_object_sizes(object_sizes: Any, image_size: int) -> tuple[int, int]:
             f"object_sizes largest ({hi}) exceeds image_size ({image_size}): objects must fit "
             "in the image"
         )
-    return round(lo), round(hi)
+    return max(1, round(lo)), max(1, round(hi))
 
 
 def _backbone_levels(backbone: str | FeatureNet | nn.Module) -> tuple[list[int], list[int], int]:
@@ -763,6 +763,11 @@ def load_backbone_weights(
     take: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(
+                f"state_dict[{key!r}] is a {type(value).__name__}, not a tensor: pass a model's "
+                "state dict (a checkpoint's 'state_dict'/'model' entry), not the checkpoint"
+            )
         k = key.removeprefix("module.")
         if k in own:
             if tuple(value.shape) != tuple(own[k].shape):
