@@ -15,6 +15,7 @@ from torch import nn
 import sknet
 from sknet.analysis.dense_scale import (
     FORMAT,
+    PERMUTATION_MAX_N,
     ObjectAttention,
     force_branch,
     forced_branch_table,
@@ -204,6 +205,15 @@ def test_spearman_known_data() -> None:
     u, v = rng.random(40), rng.random(40)
     assert spearman(u, v) == spearman(u, v)
     assert spearman(u, v)[1] > 0.05
+    # the permutation p agrees with its normal limit, which takes over for large n
+    rng2 = np.random.default_rng(5)
+    w = rng2.random(400)
+    rho, p, n = spearman(w, w + 10.0 * rng2.random(400))  # weak: p about 0.2
+    assert 0.1 < p < 0.3
+    assert p == pytest.approx(math.erfc(abs(rho) * math.sqrt((n - 1) / 2)), abs=0.02)
+    big = rng.random(PERMUTATION_MAX_N + 1)
+    rho, p, n = spearman(big, big + 30.0 * rng.random(big.size))
+    assert p == math.erfc(abs(rho) * math.sqrt((n - 1) / 2))
 
 
 def test_binned_and_json(result: ObjectAttention, tmp_path: Path) -> None:
