@@ -24,7 +24,7 @@ from sknet.analysis.dense_scale import (
     plot_object_attention,
     spearman,
 )
-from sknet.errors import ConfigError, DataError, InputTypeError
+from sknet.errors import ConfigError, DataError, InputError, InputTypeError
 
 SIZE = 64
 
@@ -159,6 +159,25 @@ def test_strides_from_the_padded_backbone_input(model: Features) -> None:
     assert r.strides == {"SK_2_1": 2.0, "SK_3_1": 4.0, "SK_4_1": 8.0}
     assert r.meta["stride_from"] == "backbone input width"
     assert np.isfinite(r.large["SK_4_1"]).all()
+
+
+class Twice(Features):
+    def __init__(self, features: Features) -> None:
+        nn.Module.__init__(self)
+        self.backbone = features.backbone
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self.backbone(images)
+        return self.backbone(images)
+
+
+def test_unit_run_twice_is_an_error_and_hooks_are_removed(model: Features) -> None:
+    with pytest.raises(InputError, match="more than once"):
+        object_attention(Twice(model), _batches(1), image_size=SIZE)
+    for unit in sknet.sk_units(model).values():
+        assert not unit._forward_hooks and not unit.record_attention
+        assert all(not br._forward_hooks for br in unit.branches)
+    assert not model.backbone._forward_pre_hooks
 
 
 def test_mode_restored_and_errors(model: Features) -> None:

@@ -515,6 +515,7 @@ class _Probe:
         self.keep_channels = False
         self.rois: torch.Tensor | None = None  # (K, 5): batch index, x1, y1, x2, y2 in px
         self.backbone_width: int | None = None  # width of the backbone's input, this batch
+        self.batch_size = 0
         self.probes = {n: _UnitProbe(n, units[n], infos[n], self) for n in infos}
 
     def backbone_hook(self, _mod: nn.Module, args: tuple[Any, ...]) -> None:
@@ -539,14 +540,21 @@ class _Probe:
             for p in self.probes.values():
                 p.acc = None
 
-    def start_batch(self, rois: torch.Tensor) -> None:
+    def start_batch(self, rois: torch.Tensor, batch_size: int) -> None:
         self.rois = rois
+        self.batch_size = batch_size
         self.backbone_width = None
         for p in self.probes.values():
             p.calls, p.seen, p.acc, p.result = 0, 0, None, None
 
     def pool(self, probe: _UnitProbe, fused: torch.Tensor) -> dict[str, torch.Tensor]:
         unit, info = probe.unit, probe.info
+        if fused.shape[0] != self.batch_size:
+            raise InputError(
+                f"SK unit {probe.name} saw a batch of {fused.shape[0]} for {self.batch_size} "
+                "images: per-object attention needs the model to pass the images through as one "
+                "batch, in order"
+            )
         h, w = int(fused.shape[-2]), int(fused.shape[-1])
         stride = _nearest_pow2((self.backbone_width or self.image_size) / w)
         probe.stride, probe.feature_size = stride, (h, w)
@@ -744,7 +752,7 @@ def object_attention(
                     wh.append(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1))
                 k = int(sum(counts))
                 roi_t = torch.from_numpy(np.concatenate(rois, 0)).float().reshape(-1, 5)
-                probe.start_batch(roi_t)
+                probe.start_batch(roi_t, b)
                 model(images.to(device))
                 for n, p in probe.probes.items():
                     r = p.result or {}
