@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -464,7 +465,12 @@ class SyntheticDense(Dataset):
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite JSON number (a huge integer counts as not finite: it would overflow floats)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return abs(x) < 2**53
+    return isinstance(x, float) and math.isfinite(x)
 
 
 def _is_int(x: Any) -> bool:
@@ -698,7 +704,9 @@ class CocoFolder(Dataset):
                 continue
             anns.append(a)
         coco = COCO()
-        coco.dataset = {"images": list(images.values()), "annotations": anns, "categories": []}
+        # no "categories": pycocotools would index annotations by category_id before the
+        # per-annotation checks below have refused an unhashable or unknown one
+        coco.dataset = {"images": list(images.values()), "annotations": anns}
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco.createIndex()
         label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
@@ -740,7 +748,7 @@ class CocoFolder(Dataset):
     ) -> _Ann | None:
         name, aid = im["file_name"], a["id"]
         width, height = im["width"], im["height"]
-        if a.get("category_id") not in label_of or not _is_int(a.get("category_id")):
+        if not _is_int(a.get("category_id")) or a["category_id"] not in label_of:
             self._bad(name, aid, f"unknown category_id {str(a.get('category_id'))[:40]}")
             return None
         bbox = a.get("bbox")
@@ -860,7 +868,10 @@ class CocoFolder(Dataset):
             rle = mask_utils.frPyObjects(seg, h, w)
         else:
             rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
-        m = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle)))
+        with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = mask_utils.decode(rle)
+        m = torch.from_numpy(np.ascontiguousarray(decoded))
         if m.ndim == 3:
             m = m.amax(dim=2)
         if (nw, nh) != (w, h):
