@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
 from sknet.data.dense import (
@@ -23,7 +24,12 @@ from sknet.data.dense import (
     write_coco_folder,
 )
 from sknet.data.synthetic import SHAPE_CLASSES
-from sknet.errors import DataError, MissingFileError
+from sknet.errors import DataError, DependencyError, MissingFileError
+
+HAS_COCO = importlib.util.find_spec("pycocotools") is not None
+requires_coco = pytest.mark.skipif(not HAS_COCO, reason="needs pycocotools")
+if HAS_COCO:
+    from pycocotools import mask as mask_utils
 
 SIZE = 64
 SIZES = (6.0, 32.0)
@@ -161,6 +167,7 @@ def test_synthetic_bad_arguments(kwargs: dict) -> None:
 # ------------------------------------------------------------------ write / read COCO
 
 
+@requires_coco
 def test_round_trip(tmp_path: Path, ds: SyntheticDense) -> None:
     small = torch.utils.data.Subset(ds, range(6))
     small.classes = ds.classes  # type: ignore[attr-defined]
@@ -198,6 +205,7 @@ def _write_json(root: Path, split: str, doc: dict) -> Path:
 CATS = [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]
 
 
+@requires_coco
 def test_letterbox_non_square(tmp_path: Path) -> None:
     _write_image(tmp_path / "train" / "a.png", 100, 60)
     doc = {
@@ -234,6 +242,7 @@ def test_letterbox_non_square(tmp_path: Path) -> None:
     assert (t["semantic"][m] == 2).all()
 
 
+@requires_coco
 def test_bad_annotations_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write_image(tmp_path / "train" / "a.png", 40, 40)
     _write_image(tmp_path / "train" / "empty.png", 40, 40)
@@ -286,6 +295,7 @@ def test_bad_annotations_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert (t["semantic"] == 0).all()
 
 
+@requires_coco
 def test_corrupt_image_reported_by_collate(tmp_path: Path) -> None:
     _write_image(tmp_path / "train" / "good.png", 32, 32)
     (tmp_path / "train" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
@@ -310,6 +320,7 @@ def test_corrupt_image_reported_by_collate(tmp_path: Path) -> None:
     assert images.shape[0] == 0 and targets == [] and bad == ["<unnamed sample>", "x.png"]
 
 
+@requires_coco
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(MissingFileError, match="does not exist"):
         CocoFolder(tmp_path / "nope")
@@ -326,6 +337,7 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
         CocoFolder(tmp_path, "train")
 
 
+@requires_coco
 def test_2017_names(tmp_path: Path) -> None:
     _write_image(tmp_path / "val2017" / "a.png", 16, 16)
     doc = {"images": [{"id": 1, "file_name": "a.png", "width": 16, "height": 16}],
@@ -335,6 +347,7 @@ def test_2017_names(tmp_path: Path) -> None:
     assert len(ds) == 1 and ds.image_dir.name == "val2017"
 
 
+@requires_coco
 def test_json_size_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sknet.data.dense as dense
 
@@ -345,6 +358,7 @@ def test_json_size_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         CocoFolder(tmp_path, "train")
 
 
+@requires_coco
 def test_iscrowd_round_trip(tmp_path: Path) -> None:
     _write_image(tmp_path / "train" / "a.png", 20, 20)
     m = np.zeros((20, 20), dtype=np.uint8)
@@ -367,3 +381,14 @@ def test_iscrowd_round_trip(tmp_path: Path) -> None:
     _, t2 = back[0]  # type: ignore[misc]
     assert t2["iscrowd"].tolist() == [1] and back.category_ids == (3, 7)
     assert t2["labels"].tolist() == [2] and torch.equal(t2["boxes"], t["boxes"])
+
+
+def test_without_pycocotools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    ds = SyntheticDense(2, image_size=32, object_sizes=(4, 16))
+    images, targets, bad = dense_collate([ds[0], ds[1]])
+    assert images.shape == (2, 3, 32, 32) and len(targets) == 2 and bad == []
+    with pytest.raises(DependencyError, match="pycocotools"):
+        write_coco_folder(ds, tmp_path, "train")

@@ -39,15 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from sknet._files import atomic_save, atomic_write_text
 from sknet._limits import MAX_IMAGE_SIDE
 from sknet.data.real import load_image
 from sknet.data.synthetic import _SDFS, _SPLIT_IDS, SHAPE_CLASSES
-from sknet.errors import ConfigError, DataError, MissingFileError
+from sknet.errors import ConfigError, DataError, DependencyError, MissingFileError
 
 __all__ = [
     "COCO_LAYOUT",
@@ -96,6 +94,20 @@ COCO_LAYOUT = (
     "expected layout: ROOT/<split>/ (images) and ROOT/annotations/instances_<split>.json "
     "(<split>2017 names are accepted too)"
 )
+
+
+def _pycocotools() -> tuple[Any, Any]:
+    """``(pycocotools.coco.COCO, pycocotools.mask)``; imported when first needed, so that
+    :class:`SyntheticDense` and :func:`dense_collate` work without the optional package."""
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+    except ImportError as exc:
+        raise DependencyError(
+            "COCO folders (reading and writing) need the 'pycocotools' package: "
+            "pip install pycocotools"
+        ) from exc
+    return COCO, mask_utils
 
 
 # ============================================================================ batches
@@ -703,7 +715,8 @@ class CocoFolder(Dataset):
                 self._bad(where, a["id"], f"unknown image_id {str(a.get('image_id'))[:40]}")
                 continue
             anns.append(a)
-        coco = COCO()
+        coco_cls, _ = _pycocotools()
+        coco = coco_cls()
         # no "categories": pycocotools would index annotations by category_id before the
         # per-annotation checks below have refused an unhashable or unknown one
         coco.dataset = {"images": list(images.values()), "annotations": anns}
@@ -862,6 +875,7 @@ class CocoFolder(Dataset):
 
     @staticmethod
     def _decode(seg: Any, w: int, h: int, nw: int, nh: int) -> torch.Tensor:
+        _, mask_utils = _pycocotools()
         if isinstance(seg, list):
             rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
         elif isinstance(seg["counts"], list):
@@ -910,6 +924,7 @@ def write_coco_folder(
     if fmt not in _FORMATS:
         raise ConfigError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     pil_format, suffix = _FORMATS[fmt]
+    _, mask_utils = _pycocotools()
     root = Path(root)
     classes = tuple(getattr(dataset, "classes", ()))
     if not classes:
