@@ -110,12 +110,16 @@ def test_synthetic_targets_consistent(ds: SyntheticDense) -> None:
 def test_synthetic_object_sizes_in_range() -> None:
     lo, hi = 10.0, 24.0
     ds = SyntheticDense(30, image_size=SIZE, seed=5, object_sizes=(lo, hi), max_objects=3)
+    sizes = []
     for i in range(len(ds)):
         for o in ds.objects(i):
+            assert lo <= o["size"] <= hi
+            sizes.append(o["size"])
             x0, y0, x1, y1 = o["full_box"]
             side = max(x1 - x0, y1 - y0)
-            # the shape spans 0.55..1.27 of its frame's side, at any rotation (checker corners)
-            assert 0.5 * lo - 1 <= side <= 1.3 * hi + 2, (i, o["label"], side)
+            # a shape's box spans 0.8..1.27 of its size, at any rotation (checker corners)
+            assert 0.75 * o["size"] - 2 <= side <= 1.3 * o["size"] + 2, (i, o["label"], side)
+    assert min(sizes) < 12 and max(sizes) > 20  # the range is covered
 
 
 def test_synthetic_overlap_rules(ds: SyntheticDense) -> None:
@@ -363,12 +367,16 @@ def test_iscrowd_round_trip(tmp_path: Path) -> None:
     _write_image(tmp_path / "train" / "a.png", 20, 20)
     m = np.zeros((20, 20), dtype=np.uint8)
     m[2:8, 3:9] = 1
-    rle = mask_utils.encode(np.asfortranarray(m))
+    # crowd regions come as uncompressed RLE: run lengths over the column-major pixels
+    flat = m.flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    assert flat[0] == 0
     doc = {
         "images": [{"id": 5, "file_name": "a.png", "width": 20, "height": 20}],
         "annotations": [
             {"id": 1, "image_id": 5, "category_id": 7, "bbox": [3, 2, 6, 6], "iscrowd": 1,
-             "segmentation": {"size": [20, 20], "counts": rle["counts"].decode()}},
+             "segmentation": {"size": [20, 20], "counts": counts}},
         ],
         "categories": CATS,
     }  # fmt: skip
@@ -376,6 +384,7 @@ def test_iscrowd_round_trip(tmp_path: Path) -> None:
     ds = CocoFolder(tmp_path, "train", image_size=20)
     _, t = ds[0]  # type: ignore[misc]
     assert t["iscrowd"].tolist() == [1] and torch.equal(t["masks"][0], torch.from_numpy(m))
+    assert (t["semantic"][2:8, 3:9] == 255).all() and int((t["semantic"] == 255).sum()) == 36
     out = write_coco_folder(ds, tmp_path / "copy", "train")
     back = CocoFolder(out, "train", image_size=20)
     _, t2 = back[0]  # type: ignore[misc]

@@ -172,6 +172,9 @@ class _Object:
     v: Array
     offset: Array  # (3,) colour offset from the local background mean
     grad: Array  # (2, 3) shading gradient
+    size: float = 0.0  # side of the object's frame square, pixels
+    centre: tuple[float, float] = (0.0, 0.0)  # (x, y) pixels
+    angle: float = 0.0  # radians
 
 
 def _box_of(mask: Array) -> tuple[float, float, float, float]:
@@ -202,8 +205,8 @@ class SyntheticDense(Dataset):
             stream (sample ``i`` is a pure function of ``(seed, split, i)`` and the settings).
         object_sizes: ``(min, max)`` object size in pixels: the side of the square that the
             unrotated shape's frame spans (a shape fills most of it), sampled log-uniformly per
-            object. A rotated shape's box can be up to ~1.27 times this side (a checker turned by
-            45 degrees).
+            object. The longer side of an unoccluded object's box is 0.8 to 1.27 times its size
+            (depending on class and rotation; 1.27 for a checker turned by 45 degrees).
         max_objects: Most objects tried per canvas; each canvas tries ``1..max_objects``
             (uniform).
 
@@ -296,13 +299,18 @@ class SyntheticDense(Dataset):
         return image, self._target(self._index(index), objects)
 
     def objects(self, index: int) -> list[dict[str, Any]]:
-        """The drawn objects of sample ``index``, in drawing order: ``label`` (1..K),
-        ``full_mask`` and ``visible_mask`` (bool numpy ``(H, W)``), ``full_box`` (xyxy of the
-        unoccluded mask) and ``full_area`` (for checks and analyses)."""
+        """The drawn objects of sample ``index``, in drawing order (the order of the target's
+        instances): ``label`` (1..K), ``size`` (the sampled object size, pixels), ``centre``
+        (``(x, y)`` pixels), ``angle_deg``, ``full_mask`` and ``visible_mask`` (bool numpy
+        ``(H, W)``), ``full_box`` (xyxy of the unoccluded mask) and ``full_area`` (for checks
+        and analyses by object size)."""
         _, objects = self._render(index)
         return [
             {
                 "label": o.label + 1,
+                "size": o.size,
+                "centre": o.centre,
+                "angle_deg": math.degrees(o.angle),
                 "full_mask": o.full,
                 "visible_mask": o.visible,
                 "full_box": o.box,
@@ -383,6 +391,7 @@ class SyntheticDense(Dataset):
                 obj = self._place(label, half, angle, float(cx), float(cy), objects)
                 if obj is not None:
                     obj.offset, obj.grad = offset, grad
+                    obj.size, obj.centre, obj.angle = 2.0 * half, (float(cx), float(cy)), angle
                     objects.append(obj)
                     self._draw(image, obj)
                     break
