@@ -174,7 +174,6 @@ def test_synthetic_bad_arguments(kwargs: dict) -> None:
 @requires_coco
 def test_round_trip(tmp_path: Path, ds: SyntheticDense) -> None:
     small = torch.utils.data.Subset(ds, range(6))
-    small.classes = ds.classes  # type: ignore[attr-defined]
     root = write_coco_folder(small, tmp_path / "coco", "val")
     assert (root / "annotations" / "instances_val.json").is_file()
     coco = CocoFolder(root, "val", image_size=SIZE)

@@ -842,48 +842,52 @@ class CocoFolder(Dataset):
         sx, sy = nw / w, nh / h
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-        image = torch.zeros((3, s, s), dtype=torch.float32)
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        image[:, :nh, :nw] = pixels.float() / 255.0
+        canvas = np.zeros((3, s, s), dtype=np.float32)
+        canvas[:, :nh, :nw] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        canvas *= np.float32(1.0 / 255.0)
+        image = torch.from_numpy(canvas)
 
         n = len(rec.anns)
-        masks = torch.zeros((n, s, s), dtype=torch.uint8)
-        boxes = torch.zeros((n, 4), dtype=torch.float32)
-        area = torch.zeros(n, dtype=torch.float32)
-        labels = torch.zeros(n, dtype=torch.int64)
-        iscrowd = torch.zeros(n, dtype=torch.int64)
-        semantic = torch.full((s, s), 255, dtype=torch.int64)
+        masks = np.zeros((n, s, s), dtype=np.uint8)
+        boxes = np.zeros((n, 4), dtype=np.float32)
+        area = np.zeros(n, dtype=np.float32)
+        labels = np.zeros(n, dtype=np.int64)
+        iscrowd = np.zeros(n, dtype=np.int64)
+        semantic = np.full((s, s), 255, dtype=np.int64)
         semantic[:nh, :nw] = 0
+        # nearest-neighbour sampling of full-size masks (pixel centres)
+        rows = np.minimum(((np.arange(nh) + 0.5) / sy).astype(np.int64), h - 1)
+        cols = np.minimum(((np.arange(nw) + 0.5) / sx).astype(np.int64), w - 1)
         for k, a in enumerate(rec.anns):
             x0, y0, x1, y1 = a.box
-            boxes[k] = torch.tensor([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
+            boxes[k] = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
             labels[k] = a.label
             iscrowd[k] = a.iscrowd
             if a.segmentation is None:
-                m = torch.zeros((nh, nw), dtype=torch.uint8)
                 c0, r0 = math.floor(x0 * sx), math.floor(y0 * sy)
                 c1, r1 = max(c0 + 1, math.ceil(x1 * sx)), max(r0 + 1, math.ceil(y1 * sy))
-                m[r0:r1, c0:c1] = 1
+                masks[k, r0:r1, c0:c1] = 1
             else:
-                m = self._decode(a.segmentation, w, h, nw, nh)
-            masks[k, :nh, :nw] = m
-            area[k] = float(a.area) * sx * sy if a.area is not None else float(m.sum())
+                full = self._decode(a.segmentation, w, h)
+                masks[k, :nh, :nw] = full if (nw, nh) == (w, h) else full[np.ix_(rows, cols)]
+            area[k] = a.area * sx * sy if a.area is not None else float(masks[k].sum())
         # Annotation order (later ones on top), crowd regions last: they become "ignore".
         for k in sorted(range(n), key=lambda k: rec.anns[k].iscrowd):
-            semantic[masks[k].bool()] = 255 if rec.anns[k].iscrowd else int(rec.anns[k].label)
+            semantic[masks[k].astype(bool)] = 255 if rec.anns[k].iscrowd else rec.anns[k].label
         target: Target = {
-            "boxes": boxes,
-            "labels": labels,
-            "masks": masks,
-            "area": area,
-            "iscrowd": iscrowd,
-            "semantic": semantic,
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(masks),
+            "area": torch.from_numpy(area),
+            "iscrowd": torch.from_numpy(iscrowd),
+            "semantic": torch.from_numpy(semantic),
             "image_id": torch.tensor(rec.image_id, dtype=torch.int64),
         }
         return image, target
 
     @staticmethod
-    def _decode(seg: Any, w: int, h: int, nw: int, nh: int) -> torch.Tensor:
+    def _decode(seg: Any, w: int, h: int) -> Array:
+        """The ``(h, w)`` uint8 mask of a checked segmentation (polygons or RLE)."""
         _, mask_utils = _pycocotools()
         if isinstance(seg, list):
             rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
@@ -893,15 +897,8 @@ class CocoFolder(Dataset):
             rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
         with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = mask_utils.decode(rle)
-        m = torch.from_numpy(np.ascontiguousarray(decoded))
-        if m.ndim == 3:
-            m = m.amax(dim=2)
-        if (nw, nh) != (w, h):
-            m = torch.nn.functional.interpolate(
-                m[None, None].float(), size=(nh, nw), mode="nearest"
-            )[0, 0].to(torch.uint8)
-        return m
+            decoded = np.asarray(mask_utils.decode(rle))
+        return decoded.max(axis=2) if decoded.ndim == 3 else decoded
 
 
 # ============================================================================ writing
@@ -924,7 +921,9 @@ def write_coco_folder(
     ``image_id``), ``annotations`` (``bbox`` xywh from the target's boxes, ``area``,
     ``iscrowd``, ``segmentation`` as RLE with a string ``counts``) and ``categories`` (the
     dataset's ``category_ids`` if it has them, else ``1..K``, named by ``dataset.classes``).
-    Samples that are a :class:`BadSample` are skipped. Every file is written atomically.
+    Samples that are a :class:`BadSample` are skipped. Every file is written atomically;
+    files of the same names already there are replaced. A ``torch.utils.data.Subset`` of a
+    dense dataset works too (its ``.dataset`` gives the classes).
 
     ``CocoFolder(root, split, image_size)`` reads it back with the same boxes and labels when
     ``image_size`` is the dataset's.
@@ -935,10 +934,16 @@ def write_coco_folder(
     pil_format, suffix = _FORMATS[fmt]
     _, mask_utils = _pycocotools()
     root = Path(root)
-    classes = tuple(getattr(dataset, "classes", ()))
+    # a torch Subset (or another wrapper with .dataset) carries its dataset's classes
+    source = dataset if hasattr(dataset, "classes") else getattr(dataset, "dataset", dataset)
+    classes = tuple(getattr(source, "classes", ()))
     if not classes:
         raise DataError(f"{type(dataset).__name__} has no classes to write as COCO categories")
-    cat_ids = tuple(getattr(dataset, "category_ids", range(1, len(classes) + 1)))
+    cat_ids = tuple(getattr(source, "category_ids", range(1, len(classes) + 1)))
+    if len(cat_ids) != len(classes):
+        raise DataError(
+            f"{type(dataset).__name__}: {len(cat_ids)} category ids for {len(classes)} classes"
+        )
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     next_id = 1
