@@ -256,6 +256,7 @@ def test_bad_annotations_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
             {"id": 1, "file_name": "a.png", "width": 40, "height": 40},
             {"id": 2, "file_name": "empty.png", "width": 40, "height": 40},
             {"id": 3, "file_name": "../evil.png", "width": 40, "height": 40},
+            {"id": 4, "file_name": "bomb.png", "width": 100_000, "height": 100_000},
         ],
         "annotations": [
             good,
@@ -281,12 +282,13 @@ def test_bad_annotations_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="sknet.data.dense"):
         ds = CocoFolder(tmp_path, "train", image_size=40)
     bad = ds.bad_annotations
-    assert len(bad) == 12, bad
+    assert len(bad) == 13, bad
     for ann_id in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13):
         assert any(f"annotation {ann_id}:" in b for b in bad), (ann_id, bad)
     assert any("a.png" in b and "annotation 2:" in b and "width" in b for b in bad)
     assert any("unknown category_id 99" in b for b in bad)
     assert any("evil" in b and "leaves" in b for b in bad)
+    assert any("bomb.png" in b and "pixels" in b for b in bad)
     summary = [r for r in caplog.records if "bad annotation" in r.getMessage()]
     assert len(summary) == 1
     assert len(ds) == 2
@@ -307,6 +309,7 @@ def test_corrupt_image_reported_by_collate(tmp_path: Path) -> None:
             {"id": 1, "file_name": "good.png", "width": 32, "height": 32},
             {"id": 2, "file_name": "bad.png", "width": 32, "height": 32},
             {"id": 3, "file_name": "missing.png", "width": 32, "height": 32},
+            {"id": 4, "file_name": "good.png", "width": 30, "height": 32},  # not its size
         ],
         "annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [0, 0, 4, 4]}],
         "categories": CATS,
@@ -314,11 +317,12 @@ def test_corrupt_image_reported_by_collate(tmp_path: Path) -> None:
     _write_json(tmp_path, "train", doc)
     ds = CocoFolder(tmp_path, "train", image_size=32)
     assert isinstance(ds[1], BadSample) and ds[1].name == "bad.png"  # type: ignore[union-attr]
-    loader = DataLoader(ds, batch_size=3, collate_fn=dense_collate)
+    assert "30x32" in ds[3].reason  # type: ignore[union-attr]
+    loader = DataLoader(ds, batch_size=4, collate_fn=dense_collate)
     images, targets, bad = next(iter(loader))
     assert images.shape == (1, 3, 32, 32) and len(targets) == 1
-    assert bad == ["bad.png", "missing.png"]
-    assert ds.bad_files == ["bad.png", "missing.png"]
+    assert bad == ["bad.png", "missing.png", "good.png"]
+    assert ds.bad_files == ["bad.png", "good.png", "missing.png"]  # in the order found
     images, targets, bad = dense_collate([None, BadSample("x.png")])
     assert images.shape[0] == 0 and targets == [] and bad == ["<unnamed sample>", "x.png"]
 

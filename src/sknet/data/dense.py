@@ -597,7 +597,9 @@ class CocoFolder(Dataset):
     count). Each is one string in :attr:`bad_annotations` (file name, annotation id, why),
     logged once as a summary warning. Images without valid annotations are kept (empty
     targets). An image file that cannot be read, or whose size differs from the JSON's, makes
-    ``__getitem__`` return a :class:`BadSample`; its name is added to :attr:`bad_files`.
+    ``__getitem__`` return a :class:`BadSample`; its name is added to :attr:`bad_files` (of the
+    process that read it: DataLoader workers keep their own lists, :func:`dense_collate`
+    reports the names with each batch).
 
     Raises:
         MissingFileError: the folder or the annotation file is missing (the message gives the
@@ -625,6 +627,7 @@ class CocoFolder(Dataset):
         )
         self.bad_annotations: list[str] = []
         self.bad_files: list[str] = []
+        self._bad_indices: set[int] = set()
         data = self._read_json(self.annotation_file)
         self.category_ids, self.classes = self._categories(data)
         self._images = self._index(data)
@@ -815,21 +818,24 @@ class CocoFolder(Dataset):
     # ------------------------------------------------------------------ samples
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target] | BadSample:
+        index = int(index) + (len(self._images) if int(index) < 0 else 0)
         rec = self._images[index]
         path = self.image_dir / rec.file_name
         try:
             img = load_image(path)
         except Exception as exc:  # decode/IO errors: PIL raises many different types
-            return self._bad_file(rec.file_name, f"{type(exc).__name__}: {exc}")
+            return self._bad_file(index, rec.file_name, f"{type(exc).__name__}: {exc}")
         if img.size != (rec.width, rec.height):
             return self._bad_file(
+                index,
                 rec.file_name,
                 f"image is {img.size[0]}x{img.size[1]}, the JSON says {rec.width}x{rec.height}",
             )
         return self._letterbox(img, rec)
 
-    def _bad_file(self, name: str, reason: str) -> BadSample:
-        if name not in self.bad_files:
+    def _bad_file(self, index: int, name: str, reason: str) -> BadSample:
+        if index not in self._bad_indices:
+            self._bad_indices.add(index)
             self.bad_files.append(name)
             logger.warning("skipping unreadable image %s (%s)", name, reason)
         return BadSample(name, reason)
