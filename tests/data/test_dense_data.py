@@ -161,11 +161,14 @@ def test_synthetic_contrast(ds: SyntheticDense) -> None:
         {"max_objects": 0},
         {"split": "dev"},
         {"seed": -1},
+        {"max_objects": 1000},
+        {"image_size": "big"},
+        {"num_samples": 2.5},
     ],
 )
 def test_synthetic_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(DataError):
-        SyntheticDense(2, **{"image_size": 64, **kwargs})
+        SyntheticDense(**{"num_samples": 2, "image_size": 64, **kwargs})
 
 
 # ------------------------------------------------------------------ write / read COCO

@@ -42,14 +42,23 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sknet._files import atomic_save, atomic_write_text
-from sknet._limits import MAX_IMAGE_SIDE
+from sknet._limits import MAX_IMAGE_SIDE, bounded_int
 from sknet.data.real import load_image
 from sknet.data.synthetic import _SDFS, _SPLIT_IDS, SHAPE_CLASSES
 from sknet.errors import ConfigError, DataError, DependencyError, MissingFileError
 
 __all__ = [
+    "BOX_TOLERANCE",
     "COCO_LAYOUT",
+    "MAX_BOX_IOU",
+    "MAX_COCO_IMAGE_PIXELS",
     "MAX_COCO_JSON_BYTES",
+    "MAX_HIDDEN_FRACTION",
+    "MAX_OBJECTS",
+    "MIN_CONTRAST",
+    "MIN_OBJECT_PIXELS",
+    "MIN_VISIBLE_FRACTION",
+    "PLACEMENT_TRIES",
     "BadSample",
     "CocoFolder",
     "SyntheticDense",
@@ -78,6 +87,8 @@ MIN_VISIBLE_FRACTION = 0.5
 MIN_OBJECT_PIXELS = 4
 #: Placements tried per object before it is dropped.
 PLACEMENT_TRIES = 5
+#: The most objects a synthetic canvas may ask for (``max_objects``).
+MAX_OBJECTS = 256
 # Radius of the shapes' support in units of their half-size (checker corners: 0.9 * sqrt(2)).
 _SUPPORT_RADIUS = 1.3
 
@@ -254,12 +265,10 @@ class SyntheticDense(Dataset):
         object_sizes: tuple[float, float] = (8, 64),
         max_objects: int = 4,
     ) -> None:
-        if isinstance(num_samples, bool) or int(num_samples) < 0:
-            raise DataError(f"num_samples must be >= 0, got {num_samples}")
-        if isinstance(image_size, bool) or not 1 <= int(image_size) <= MAX_IMAGE_SIDE:
-            raise DataError(f"image_size must be in [1, {MAX_IMAGE_SIDE}], got {image_size}")
-        if isinstance(seed, bool) or int(seed) < 0:
-            raise DataError(f"seed must be >= 0, got {seed}")
+        num_samples = bounded_int(num_samples, "num_samples", lo=0, hi=2**40, error=DataError)
+        image_size = bounded_int(image_size, "image_size", hi=MAX_IMAGE_SIDE, error=DataError)
+        seed = bounded_int(seed, "seed", lo=0, hi=2**63 - 1, error=DataError)
+        max_objects = bounded_int(max_objects, "max_objects", hi=MAX_OBJECTS, error=DataError)
         if split not in _SPLIT_IDS:
             raise DataError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         try:
@@ -273,8 +282,6 @@ class SyntheticDense(Dataset):
                 f"object_sizes must satisfy 1 <= min <= max <= image_size ({image_size}), "
                 f"got {tuple(object_sizes)}"
             )
-        if isinstance(max_objects, bool) or int(max_objects) < 1:
-            raise DataError(f"max_objects must be >= 1, got {max_objects}")
         self.num_samples = int(num_samples)
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -609,8 +616,7 @@ class CocoFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", image_size: int = 128):
-        if isinstance(image_size, bool) or not 1 <= int(image_size) <= MAX_IMAGE_SIDE:
-            raise DataError(f"image_size must be in [1, {MAX_IMAGE_SIDE}], got {image_size}")
+        image_size = bounded_int(image_size, "image_size", hi=MAX_IMAGE_SIDE, error=DataError)
         if not isinstance(split, str) or not split or "/" in split or split.startswith("."):
             raise DataError(f"split must be a plain folder name, got {split!r}")
         self.root = Path(root)
