@@ -8,6 +8,7 @@ Layers, lowest first; a module imports only its own layer's package or lower lay
 3. weights I/O (``hub``) and ``data`` (neither imports the other); then the compatibility
    modules ``loading``, ``weights``, ``convert``, ``convert_caffe`` (re-exports of ``hub`` for
    code written against sknet 0.1; sknet itself does not import them)
+   ``dense`` (detectors and segmenters over the backbones: models, data and weights I/O)
 4. ``train``, ``predict``, ``export``, ``benchmark``; then ``analysis`` (the ablations train)
 5. ``cli`` (through the public API: it may import the ``sknet`` package itself)
 
@@ -32,6 +33,7 @@ LAYERS: dict[str, float] = {
     "models": 2, "complexity": 2.5, "deploy": 2.5,
     "hub": 3, "data": 3,
     "loading": 3.5, "weights": 3.5, "convert": 3.5, "convert_caffe": 3.5,
+    "dense": 3.7,
     "train": 4, "predict": 4, "export": 4, "benchmark": 4, "analysis": 4.5,
     "cli": 5,
 }  # fmt: skip

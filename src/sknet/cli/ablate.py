@@ -14,7 +14,7 @@ from pathlib import Path
 import sknet
 from sknet._files import check_out_arg
 from sknet.cli import add_progress, show_progress
-from sknet.data import DATASET_NAMES
+from sknet.data import DATASET_NAMES, DENSE_DATASET_NAMES
 from sknet.errors import ConfigError
 from sknet.models import create_model
 from sknet.train import load_preset, parse_set_options
@@ -27,14 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablate",
         help="train the rows of one of the paper's ablations (table6, table7, attention, "
-        "baselines) and write a table",
+        "baselines), or the dense study (dense), and write a table",
         description=(
             "Train every row of an ablation with the same preset, settings and seeds, then write "
             "DIR/table.md, table.json and a plot (top-1 error mean and std over seeds, params, "
             "MACs). Finished runs in DIR are reused when the command is repeated; an interrupted "
             "run resumes from its last checkpoint. Demo scale: '--preset demo' (base sknet_tiny, "
             "built-in data, CPU). The paper's setting: '--preset imagenet --data imagefolder "
-            "--data-dir DIR' (base sknet50)."
+            "--data-dir DIR' (base sknet50). 'dense' (beyond the paper) trains SKNet, ResNeXt, "
+            "SENet and SK-sum backbones under a detector or segmenter (--preset detect-demo or "
+            "segment-demo) with paired seeds and writes DIR/study.md with paired differences, "
+            "95%% intervals, timings, the forced-branch test and per-object attention vs size."
         ),
         epilog=(
             "examples:\n"
@@ -43,14 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet ablate table7 --out runs/table7 --seeds 0 1 --jobs 2 \\\n"
             "      --set epochs=4 --set threads=1      # the demo recipe (AdamW, lr 3e-3)\n"
             "  sknet ablate baselines --preset imagenet --data imagefolder \\\n"
-            "      --data-dir /data/imagenet --out runs/table2"
+            "      --data-dir /data/imagenet --out runs/table2\n"
+            "  sknet ablate dense --preset detect-demo --seeds 0 1 2 3 4 --out runs/study"
         ),
     )
     p.add_argument(
         "experiment",
         nargs="?",
         metavar="EXPERIMENT",
-        help="table6 | table7 | attention | baselines",
+        help="table6 | table7 | attention | baselines | dense",
     )
     p.add_argument("--out", metavar="DIR", help="sweep folder (required to train)")
     p.add_argument("--preset", default="demo", help="training preset or TOML file (default demo)")
@@ -65,12 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seeds",
         type=int,
         nargs="+",
-        default=[0],
+        default=None,
         metavar="S",
-        help="training seeds; one run per row and seed (default 0)",
+        help="training seeds; one run per row and seed (default 0; dense: 0 1 2 3 4)",
     )
     p.add_argument(
-        "--data", default=None, choices=DATASET_NAMES, help="dataset (default: the preset's)"
+        "--data",
+        default=None,
+        choices=DATASET_NAMES + DENSE_DATASET_NAMES,
+        help="dataset (default: the preset's)",
     )
     p.add_argument("--data-dir", default=None, metavar="DIR", help="root folder of real data")
     p.add_argument(
@@ -123,6 +130,8 @@ def _list(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from sknet.analysis.ablate import get_experiment, run_ablation
 
+    if args.experiment == "dense":
+        return _run_dense(args)
     if args.experiment is not None:
         get_experiment(args.experiment)  # unknown name -> clear error
     if args.list:
@@ -147,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         preset=args.preset,
         base_model=args.model,
-        seeds=args.seeds,
+        seeds=args.seeds or [0],
         settings=settings,
         log=log,
         progress=not args.quiet and args.jobs == 1 and show_progress(args),
@@ -159,4 +168,43 @@ def run(args: argparse.Namespace) -> int:
         f"{done} run(s) in {args.out}; table: {args.out / 'table.md'}, "
         f"{args.out / 'table.json'}, {args.out / 'table.png'}"
     )
+    return 0
+
+
+def _run_dense(args: argparse.Namespace) -> int:
+    """``sknet ablate dense``: the paired SKNet / ResNeXt / SENet / SK-sum dense study."""
+    from sknet.analysis.dense_study import run_dense_study, study_rows
+
+    preset = args.preset if args.preset != "demo" else "detect-demo"
+    if args.list:
+        base = args.model or load_preset(preset).model
+        print(f"dense study on base {base} ({preset}):")
+        for row in study_rows(base):
+            print(f"  {row.name:<10} {row.model:<14} {row.overrides}  {row.description}")
+        return 0
+    if args.out is None:
+        raise ConfigError("--out DIR is required (the study folder)")
+    out = Path(check_out_arg(args.out, "--out") or "")
+    settings = parse_set_options(args.sets)
+    if args.data is not None:
+        settings["data"] = args.data
+    if args.data_dir is not None:
+        settings["data_dir"] = args.data_dir
+    seeds = args.seeds or [0, 1, 2, 3, 4]
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    run_dense_study(
+        out,
+        preset=preset,
+        base_model=args.model,
+        seeds=seeds,
+        settings=settings,
+        jobs=args.jobs,
+        log=log,
+        progress=not args.quiet and args.jobs == 1 and show_progress(args),
+    )
+    print((out / "study.md").read_text(encoding="utf-8"))
+    print(f"study in {out}: study.md, study.json, metrics.png")
     return 0

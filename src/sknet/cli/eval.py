@@ -15,11 +15,12 @@ from sknet._files import atomic_write_text, check_out_arg, check_output
 from sknet._limits import check_image_side
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, add_progress, examples, show_progress
 from sknet.cli._source import add_checkpoint_path, checkpoint_path_of, standing_in
-from sknet.data import DATASET_NAMES
+from sknet.data import DATASET_NAMES, DENSE_DATASET_NAMES
+from sknet.dense import is_dense_source
 from sknet.errors import ConfigError
 from sknet.hub.load import is_random_source, random_weights_hint, resolve_source
 from sknet.hub.load import looks_like_path as _looks_like_path
-from sknet.train import evaluate_source
+from sknet.train import evaluate_dense_source, evaluate_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="allow a bare model name (random weights, for smoke tests)",
     )
     p.add_argument(
-        "--data", default=None, choices=DATASET_NAMES, help="dataset (default: the run's)"
+        "--data",
+        default=None,
+        choices=DATASET_NAMES + DENSE_DATASET_NAMES,
+        help="dataset (default: the run's)",
     )
     p.add_argument("--data-dir", default=None, help="folder of the data (default: the run's)")
     p.add_argument(
@@ -77,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--size-bins",
+        default="data",
+        choices=("data", "coco"),
+        help="detectors: object-size bins of the per-size AP: terciles of the validation "
+        "objects' sqrt(area) (default), or COCO's fixed 32/96 px",
+    )
     # issue 17: CLI parity with the Python API
     add_checkpoint_path(p)
     add_progress(p)
@@ -120,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif run_dir is not None:
         out = run_dir / "eval.json"  # the command's own product: replaced on each evaluation
+    if is_dense_source(args.source):
+        return _run_dense(args, out)
     with standing_in(args):  # --checkpoint-path: read instead of downloading
         res = evaluate_source(
             args.source,
@@ -149,6 +162,48 @@ def run(args: argparse.Namespace) -> int:
             f"{r['size']:>6} {resize:>7} {r['top1_err']:>9.2f}% {_pct(r['top5_err']):>10} "
             f"{r['n']:>8}"
         )
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def _run_dense(args: argparse.Namespace, out: Path | None) -> int:
+    """A detector's COCO metrics (overall and per size bin) or a segmenter's mIoU."""
+    res = evaluate_dense_source(
+        args.source,
+        data=args.data,
+        data_dir=args.data_dir,
+        val_samples=args.val_samples,
+        batch_size=min(args.batch_size, 32),
+        device=args.device,
+        threads=args.threads,
+        size_bins=args.size_bins,
+    )
+    text = json.dumps(res, indent=2)
+    if out is not None:
+        atomic_write_text(out, text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    print(
+        f"{res['task']} {res['head']} over {res['model']} on {res['data']} "
+        f"({len(res['classes'])} classes, {res['n_images']} images at {res['image_size']}px)"
+    )
+
+    def f(key: str) -> str:
+        v = res.get(key)
+        return "n/a" if v is None else f"{v:.2f}"
+
+    if res["task"] == "segment":
+        print(f"mIoU {f('miou')}%   pixel accuracy {f('pixel_acc')}%")
+    else:
+        print(f"mAP {f('map')}   AP50 {f('ap50')}   AP75 {f('ap75')}")
+        for name, lo, hi in res["bins"]:
+            n = res.get(f"n_objects_{name}", "?")
+            top = "inf" if hi is None else f"{hi:g}"
+            print(
+                f"  AP {name:<7} sqrt(area) [{lo:g}, {top}) px: {f('ap_' + name):>6} ({n} objects)"
+            )
     if out is not None:
         print(f"wrote {out}")
     return 0

@@ -25,10 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
 from tqdm import tqdm
 
+import sknet
 from sknet._device import resolve_device
 from sknet._files import (
+    atomic_save,
     atomic_write_text,
     check_out_arg,
     check_output,
@@ -38,6 +42,7 @@ from sknet._files import (
 )
 from sknet.cli import DEVICE_HELP, examples
 from sknet.cli._source import add_checkpoint_path, checkpoint_path_of
+from sknet.dense import draw_result, is_dense_source, load_dense, predict_files
 from sknet.errors import ConfigError, OutputError
 from sknet.hub.load import is_random_source, load, random_weights_hint, resolve_source
 from sknet.predict import expand_inputs, explain_names, predict, save_explanation
@@ -95,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="S",
+        help="detectors: keep detections scoring at least S (default 0.3)",
+    )
+    p.add_argument(
         "--force", action="store_true", help="replace existing --out and --explain files"
     )
     # issue 17: CLI parity with the Python API
@@ -113,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_path_of(args)  # --checkpoint-path checked before any work
     files = expand_inputs(args.inputs)
     out, figures = _check_outputs(args, files)  # before any work
+    if is_dense_source(args.source):
+        return _predict_dense(args, files, out, figures, device)
     if not args.random_weights and is_random_source(args.source):
         raise ConfigError(random_weights_hint(args.source))
     model, record = load(args.source, checkpoint_path=checkpoint_path_of(args), random_weights=True)
@@ -244,6 +258,135 @@ def _report(
             print(f"  {r.path}: {r.error}", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------------- dense
+
+
+def _predict_dense(
+    args: argparse.Namespace, files: list[Path], out: Path | None, figures: dict, device: Any
+) -> int:
+    """Detections (or a semantic map) per image; with --explain, a drawing per image and, for
+    detectors with SK units, what each SK unit selected inside every detected box (the
+    attention on its larger-kernel branch, see sknet.analysis.dense_scale)."""
+    from sknet.analysis.dense_scale import object_attention  # matplotlib: only when asked
+
+    model, record = load_dense(args.source)
+    classes = record["classes"]
+    results = predict_files(
+        model,
+        files,
+        classes,
+        score_threshold=args.score_threshold,
+        device=device,
+        keep_inputs=bool(args.explain),
+    )
+    notes: dict[str, list[str]] = {}
+    selection: dict[str, Any] = {}
+    if args.explain and model.task == "detect" and sknet.sk_units(model.backbone):
+        for r in results:
+            if r.error or r.model_boxes is None or r.model_input is None:
+                continue
+            if not len(r.model_boxes):
+                continue
+            target = {
+                "boxes": r.model_boxes,
+                "labels": torch.ones(len(r.model_boxes), dtype=torch.int64),
+            }
+            att = object_attention(
+                model, [(r.model_input[None], [target])], image_size=int(model.geometry.image_size)
+            )
+            # one row per detected box (in order): the unit -> attention on its larger branch
+            per_box = [
+                {u: round(float(att.large[u][i]), 4) for u in att.units}
+                for i in range(att.num_objects)
+            ]
+            selection[r.path] = per_box
+            notes[r.path] = ["SK>" + "/".join(f"{v:.2f}" for v in row.values()) for row in per_box]
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        if r.error:
+            rows.append({"image": r.path, "error": r.error})
+            continue
+        if r.semantic is not None:
+            counts = torch.bincount(r.semantic.flatten(), minlength=len(classes) + 1)
+            rows.append(
+                {
+                    "image": r.path,
+                    **{f"pixels_{c}": int(counts[i + 1]) for i, c in enumerate(classes)},
+                }
+            )
+            continue
+        sel = selection.get(r.path) or [None] * len(r.boxes)
+        for row, s in zip(r.rows(), sel):
+            if s is not None:
+                row["sk_large_attention"] = s
+            rows.append(row)
+    if out is not None:
+        atomic_write_text(out, _dense_text(rows, out.suffix.lower(), args.source, model))
+    written = 0
+    if args.explain:
+        for r in results:
+            if r.error or r.path not in figures:
+                continue
+            path = figures[r.path]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            drawn = draw_result(r, classes, notes.get(r.path)).permute(1, 2, 0).numpy()
+            atomic_save(_png_writer(drawn), path)
+            written += 1
+    head = f"{model.task} {model.head} over {model.backbone_name} ({len(classes)} classes, "
+    print(head + f"{model.geometry.image_size}px) from {args.source}")
+    for r in results[:TABLE_MAX]:
+        if r.error:
+            print(f"{r.path}: error: {r.error}")
+        elif r.semantic is not None:
+            present = [classes[i - 1] for i in r.semantic.unique().tolist() if i > 0]
+            print(f"{r.path}: {', '.join(present) or 'background only'}")
+        else:
+            found = ", ".join(f"{lab} {s:.2f}" for lab, s in zip(r.labels, r.scores))
+            print(f"{r.path}: {len(r.boxes)} object(s){': ' + found if found else ''}")
+    if out is not None:
+        print(f"wrote {out}")
+    if args.explain:
+        print(f"wrote {written} figure(s) to {args.explain}")
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"sknet predict: {len(failed)} of {len(results)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _png_writer(pixels: Any) -> Any:
+    def write(tmp: str) -> None:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+
+    return write
+
+
+def _dense_text(rows: list[dict[str, Any]], suffix: str, source: str, model: Any) -> str:
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    if suffix == ".json":
+        doc = {
+            "format": "sknet-predict-dense/1",
+            "source": str(source),
+            "task": model.task,
+            "head": model.head,
+            "backbone": model.backbone_name,
+            "detections": rows,
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(k for k in r if k != "sk_large_attention"))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([csv_cell(k) for k in keys])
+    for r in rows:
+        w.writerow(
+            [csv_cell(r.get(k, "")) if isinstance(r.get(k), str) else r.get(k, "") for k in keys]
+        )
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------- output

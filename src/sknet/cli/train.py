@@ -20,7 +20,7 @@ from typing import Any
 
 from sknet._files import check_out_arg
 from sknet.cli import AMP_CHOICES, DEVICE_HELP, HelpFormatter, add_progress, show_progress
-from sknet.data import DATASET_NAMES
+from sknet.data import DATASET_NAMES, DENSE_DATASET_NAMES, TASKS
 from sknet.errors import ConfigError
 from sknet.train import (
     list_presets,
@@ -30,12 +30,17 @@ from sknet.train import (
     preset_path,
     train,
 )
+from sknet.train.config import DENSE_HEADS
 from sknet.train.finetune import resolve_init
 from sknet.train.rundir import check_resumable, check_resume_overrides
 
 # First-class flags: (flag, config key, type, help)
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--model", "model", str, "model name (sknet info --list)"),
+    ("--task", "task", str, "classify (the paper's), or detect / segment (beyond the paper; "
+     "default preset then: detect-demo / segment-demo)"),
+    ("--head", "head", str, "detector or segmentation head (detect: fcos, retinanet, "
+     "faster_rcnn, mask_rcnn; segment: fpn)"),
+    ("--model", "model", str, "model name (sknet info --list); the backbone for detect/segment"),
     ("--epochs", "epochs", int, "number of epochs"),
     ("--batch-size", "batch_size", int, "global batch size (all processes x accumulation)"),
     ("--lr", "lr", float, "learning rate at lr_reference_batch (linear scaling)"),
@@ -77,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sknet train --print-preset imagenet > my.toml; sknet train --config my.toml\n"
             "  sknet train --set epochs=3 --set model_overrides.sk_aggregation=sum\n"
             "  sknet train --resume runs/demo\n"
+            "  sknet train --task detect --head fcos --out runs/det   # synthetic-dense data\n"
+            "  sknet train --task segment --data coco --data-dir my_coco --out runs/seg\n"
             "  sknet train --init runs/demo --data imagefolder --data-dir my_images --out runs/ft\n"
             "  torchrun --nproc-per-node 8 -m sknet.cli.main train --preset imagenet "
             "--data-dir /data/imagenet --out runs/sk50"
@@ -91,7 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run"
     )
-    choices = {"data": DATASET_NAMES, "amp": AMP_CHOICES}
+    heads = tuple(h for hs in DENSE_HEADS.values() for h in hs)
+    choices = {
+        "data": DATASET_NAMES + DENSE_DATASET_NAMES,
+        "amp": AMP_CHOICES,
+        "task": TASKS,
+        "head": heads,
+    }
     for flag, key, typ, help_ in _FLAGS:
         p.add_argument(
             flag,
@@ -199,7 +212,12 @@ def run(args: argparse.Namespace) -> int:
 
     _setup_logging()
     summary = train(cfg, run_dir, resume=bool(args.resume), progress=show_progress(args))
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if int(os.environ.get("RANK", "0") or 0) == 0 and summary.get("task") in ("detect", "segment"):
+        print(_dense_line(summary))
+        if summary["bad_images"]:
+            print(f"skipped {summary['bad_images']} unreadable image(s); see {run_dir}/train.log")
+        print(f"run directory: {summary['run_dir']}  (evaluate: sknet eval {summary['run_dir']})")
+    elif int(os.environ.get("RANK", "0") or 0) == 0:
         print(
             f"{summary['model']} on {summary['data']}: val top-1 err {summary['top1_err']:.2f}% "
             f"(accuracy {summary['val_acc']:.2f}%), top-5 err {_pct(summary['top5_err'])}, "
@@ -224,13 +242,35 @@ def _config(args: argparse.Namespace) -> Any:
         return load_config_file(run_dir / "config.toml", **overrides)
     if args.config:
         return load_config_file(args.config, **overrides)
-    default = "finetune" if overrides.get("init") else "demo"
+    task = overrides.get("task", "classify")
+    if task != "classify":
+        default = f"{task}-demo"
+    else:
+        default = "finetune" if overrides.get("init") else "demo"
     return load_preset(args.preset or default, **overrides)
 
 
 def _resolved(cfg: Any) -> Any:
     """``cfg`` with what ``--init`` determines filled in (model, image size, normalisation)."""
     return resolve_init(cfg) if cfg.init else cfg
+
+
+def _dense_line(summary: dict[str, Any]) -> str:
+    val = summary.get("val") or {}
+
+    def f(key: str) -> str:
+        v = val.get(key)
+        return "n/a" if v is None else f"{v:.1f}"
+
+    if summary["task"] == "segment":
+        metrics = f"mIoU {f('miou')}%, pixel accuracy {f('pixel_acc')}%"
+    else:
+        bins = ", ".join(f"{b[0]} {f('ap_' + b[0])}" for b in val.get("bins", []))
+        metrics = f"mAP {f('map')} (AP50 {f('ap50')}, AP75 {f('ap75')}; {bins})"
+    return (
+        f"{summary['head']} over {summary['model']} on {summary['data']}: {metrics}, "
+        f"{summary['epochs_done']} epochs in {summary['seconds']:.0f}s"
+    )
 
 
 def _pct(v: float | None) -> str:

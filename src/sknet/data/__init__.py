@@ -5,6 +5,9 @@
 * :func:`build_cifar`, :func:`build_imagefolder` - real data from local files, never downloaded.
 * :func:`train_transform`, :func:`eval_transform` - named augmentation presets.
 * :func:`build_dataset` - one entry point by name.
+* :class:`SyntheticDense`, :class:`CocoFolder` - detection / segmentation data (boxes, instance
+  masks, semantic maps): built-in scenes of several shapes, or a COCO-format folder
+  (see :mod:`sknet.data.dense`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from sknet.data.names import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet.data.names import DATASET_NAMES, DEFAULT_SCALE_RANGE, DENSE_DATASET_NAMES, TASKS
 from sknet.errors import ConfigError
 
+from .dense import BadSample, CocoFolder, SyntheticDense, dense_collate, write_coco_folder
 from .real import (
     CIFAR_SPECS,
     CIFARDataset,
@@ -52,26 +56,33 @@ __all__ = [
     "CIFAR_SPECS",
     "DATASET_NAMES",
     "DEFAULT_TRANSFORM",
+    "DENSE_DATASET_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPE_CLASSES",
     "SYNTHETIC_MEAN",
     "SYNTHETIC_STD",
+    "TASKS",
     "TRANSFORM_KINDS",
+    "BadSample",
     "CIFARDataset",
+    "CocoFolder",
     "CorruptImageError",
     "RobustImageFolder",
+    "SyntheticDense",
     "SyntheticShapes",
     "align_classes",
     "build_cifar",
     "build_dataset",
     "build_imagefolder",
+    "dense_collate",
     "eval_resize_size",
     "eval_transform",
     "load_image",
     "normalization",
     "to_rgb",
     "train_transform",
+    "write_coco_folder",
 ]
 
 

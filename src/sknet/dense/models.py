@@ -393,8 +393,27 @@ class DenseModel(nn.Module):
         self.data_config = data_config
         self.frozen_bn = frozen_bn
         self.image_size = geometry.image_size
+        self.fpn_channels = 0  # set by build_dense_model
+        self.backbone_overrides: dict[str, Any] = {}  # set by build_dense_model
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1), persistent=False)
+
+    def build_args(self) -> dict[str, Any]:
+        """The :func:`build_dense_model` arguments that rebuild this model (JSON-able; saved in
+        weights files by :func:`sknet.dense.save_dense`)."""
+        return {
+            "backbone": self.backbone_name,
+            "task": self.task,
+            "head": self.head,
+            "num_classes": int(self.num_classes),
+            "image_size": int(self.geometry.image_size),
+            "object_sizes": [float(x) for x in self.geometry.object_sizes],
+            "fpn_channels": int(self.fpn_channels),
+            "frozen_bn": bool(self.frozen_bn),
+            "backbone_overrides": dict(self.backbone_overrides),
+            "mean": [float(x) for x in self.get_buffer("mean").flatten()],
+            "std": [float(x) for x in self.get_buffer("std").flatten()],
+        }
 
     @property
     def backbone(self) -> FeatureNet:
@@ -647,6 +666,8 @@ def build_dense_model(
     fpn_channels: int = 64,
     frozen_bn: bool = False,
     backbone_overrides: Mapping[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DenseModel:
     """A detector or segmenter with an FPN on an sknet backbone.
 
@@ -666,6 +687,8 @@ def build_dense_model(
         backbone_overrides: more ``sknet.create_model`` arguments for the backbone (e.g.
             ``{"frozen_stages": 1}`` or config fields); ``features_only``/``out_indices`` are
             set here.
+        mean, std: the input normalisation inside the model (images enter in [0, 1]); default:
+            the backbone's own (``data_config``), e.g. 0.5/0.5 for the demo-sized models.
 
     Head settings (besides the geometry, :data:`GEOMETRY_RULE`): 100 detections per image;
     score thresholds torchvision's (FCOS 0.2, RetinaNet and R-CNN 0.05). R-CNN: RPN pre-NMS
@@ -710,9 +733,13 @@ def build_dense_model(
     cfg = body.data_config
     if cfg is None:
         raise ConfigError(f"backbone {backbone!r} has no data_config (mean/std)")
-    mean, std = cfg.preprocess.mean, cfg.preprocess.std
+    mean = tuple(float(x) for x in (mean if mean is not None else cfg.preprocess.mean))
+    std = tuple(float(x) for x in (std if std is not None else cfg.preprocess.std))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ConfigError(f"mean and std must be 3 values each (std > 0), got {mean}, {std}")
     data_config = replace(
-        cfg, preprocess=replace(cfg.preprocess, input_size=image_size, resize=None)
+        cfg,
+        preprocess=replace(cfg.preprocess, input_size=image_size, resize=None, mean=mean, std=std),
     )
     extra_mode = "conv" if head in ("fcos", "retinanet") else "pool"
     fpn = SKFeaturePyramid(body, fpn_channels, geometry.num_extra_levels, extra_mode)
@@ -721,7 +748,7 @@ def build_dense_model(
         if task == "segment"
         else _detector(head, fpn, geometry, num_classes, mean, std)
     )
-    return DenseModel(
+    model = DenseModel(
         net,
         task=task,
         head=head,
@@ -733,6 +760,9 @@ def build_dense_model(
         std=std,
         frozen_bn=frozen_bn,
     )
+    model.fpn_channels = fpn_channels
+    model.backbone_overrides = overrides
+    return model
 
 
 # ------------------------------------------------------------------------------------- weights

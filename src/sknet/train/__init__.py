@@ -7,8 +7,9 @@
 
 Presets (``sknet/presets/*.toml``, see :func:`list_presets`): ``demo`` (the default of
 ``sknet train``: a small SK model on built-in synthetic data, minutes on a CPU), ``cifar``,
-``imagenet`` and ``imagenet-light`` (the paper's recipes) and ``finetune`` (from trained
-weights, ``init``; see :mod:`sknet.train.finetune`).
+``imagenet`` and ``imagenet-light`` (the paper's recipes), ``finetune`` (from trained
+weights, ``init``; see :mod:`sknet.train.finetune`) and ``detect-demo`` / ``segment-demo``
+(SK detectors and segmenters on built-in scenes; beyond the paper, see :mod:`sknet.train.dense`).
 
 Modules: :mod:`~sknet.train.config` (``TrainConfig``, presets), :mod:`~sknet.train.trainer`
 (the loop), :mod:`~sknet.train.state` (``TrainState``, what a checkpoint holds),
@@ -17,6 +18,7 @@ Modules: :mod:`~sknet.train.config` (``TrainConfig``, presets), :mod:`~sknet.tra
 :mod:`~sknet.train.distributed` and :mod:`~sknet.train.finetune`.
 """
 
+import sknet.train.dense  # noqa: F401 - registers the trainer of the dense tasks
 from sknet.train.checkpoint import load_checkpoint, save_checkpoint
 from sknet.train.config import (
     AMP_MODES,
@@ -30,6 +32,7 @@ from sknet.train.config import (
     parse_set_options,
     preset_path,
 )
+from sknet.train.dense import evaluate_dense_source
 from sknet.train.distributed import DistInfo, setup_distributed
 from sknet.train.evaluate import default_eval_sizes, evaluate, evaluate_source
 from sknet.train.trainer import (
@@ -51,6 +54,7 @@ __all__ = [
     "apply_overrides",
     "default_eval_sizes",
     "evaluate",
+    "evaluate_dense_source",
     "evaluate_source",
     "learning_rate",
     "list_presets",

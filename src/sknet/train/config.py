@@ -32,7 +32,7 @@ from typing import Any
 
 from sknet._json import jsonable
 from sknet._typecheck import coerce_field, suggest
-from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE, DENSE_DATASET_NAMES, TASKS
 from sknet.errors import ConfigError, MissingFileError, OverrideError
 from sknet.models import get_entry
 
@@ -44,6 +44,8 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "AMP_MODES",
     "AUTO_AUGMENTS",
+    "DENSE_BN",
+    "DENSE_HEADS",
     "OPTIMIZERS",
     "SCHEDULES",
     "TrainConfig",
@@ -69,6 +71,14 @@ AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: ``auto_augment`` values: none, or torchvision's RandAugment / TrivialAugmentWide policies.
 AUTO_AUGMENTS: tuple[str, ...] = ("none", "randaugment", "trivialaugment")
+#: ``head`` values per dense task (the first is the default).
+DENSE_HEADS: dict[str, tuple[str, ...]] = {
+    "detect": ("fcos", "retinanet", "faster_rcnn", "mask_rcnn"),
+    "segment": ("fpn",),
+}
+#: ``dense_bn`` values: ``auto`` trains the backbone's BatchNorm from scratch and freezes it
+#: (statistics and affine) when starting from ``init`` weights; ``train`` / ``frozen`` force one.
+DENSE_BN: tuple[str, ...] = ("auto", "train", "frozen")
 
 
 @dataclass
@@ -84,9 +94,19 @@ class TrainConfig:
             fit except the classifier, which is new unless the class names are the same.
         freeze_stages: -1 trains everything; 0 freezes the stem, ``n`` the stem and the first
             ``n`` stages (no gradients, their BatchNorm statistics fixed).
+    Task (beyond the paper, see :mod:`sknet.train.dense`):
+        task: ``classify`` (the paper's), ``detect`` or ``segment``.
+        head: the dense head (:data:`DENSE_HEADS`; empty: the task's first).
+        object_sizes: object extent range in pixels of the ``synthetic-dense`` canvases
+            (log-uniform); also what the detector's anchor sizes are chosen from.
+        max_objects: objects per ``synthetic-dense`` canvas (1 to this many).
+        fpn_channels: width of the feature pyramid.
+        dense_bn: :data:`DENSE_BN`.
     Data:
         data: ``synthetic`` (built in, generated on the fly), ``cifar10``, ``cifar100`` or
-            ``imagefolder`` (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``).
+            ``imagefolder`` (``data_dir/train/<class>/*``, ``data_dir/val/<class>/*``); for the
+            dense tasks ``synthetic-dense`` or ``coco`` (``data_dir/{train,val}/`` images and
+            ``data_dir/annotations/instances_{train,val}.json``).
         data_dir: folder of real data (never downloaded).
         image_size: training resolution; 0 picks the default (synthetic: the model's native
             size, CIFAR: 32, imagefolder: 224).
@@ -130,6 +150,13 @@ class TrainConfig:
     num_classes: int = 0
     init: str = ""
     freeze_stages: int = -1
+    # task (classification, or the dense tasks beyond the paper)
+    task: str = "classify"
+    head: str = ""
+    object_sizes: tuple[float, float] = (8.0, 64.0)
+    max_objects: int = 4
+    fpn_channels: int = 64
+    dense_bn: str = "auto"
     # data
     data: str = "synthetic"
     data_dir: str = ""
@@ -206,10 +233,7 @@ class TrainConfig:
             get_entry(self.model)  # unknown model -> ValueError with suggestions
         _need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         _need(self.freeze_stages >= -1, f"freeze_stages must be >= -1, got {self.freeze_stages}")
-        _need(
-            self.data in DATASET_NAMES,
-            f"data must be one of {', '.join(DATASET_NAMES)}, got {self.data!r}",
-        )
+        self._validate_task()
         _need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
         _need(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         _need(self.val_samples >= 1, f"val_samples must be >= 1, got {self.val_samples}")
@@ -229,6 +253,53 @@ class TrainConfig:
         _need(self.max_bad >= 0, f"max_bad must be >= 0, got {self.max_bad}")
         if not isinstance(self.model_overrides, dict):  # pragma: no cover - coerced above
             raise ConfigError("model_overrides must be a table of model config fields")
+
+    def _validate_task(self) -> None:
+        _need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "classify":
+            _need(
+                self.data in DATASET_NAMES,
+                f"data must be one of {', '.join(DATASET_NAMES)} for classification, got "
+                f"{self.data!r}"
+                + (" (a dense data set: set task = 'detect' or 'segment')" if self.data
+                   in DENSE_DATASET_NAMES else ""),
+            )  # fmt: skip
+            _need(not self.head, f"head={self.head!r} is for task detect or segment")
+            return
+        _need(
+            self.data in DENSE_DATASET_NAMES,
+            f"task={self.task!r} needs data {' or '.join(DENSE_DATASET_NAMES)}, got {self.data!r}",
+        )
+        heads = DENSE_HEADS[self.task]
+        _need(
+            not self.head or self.head in heads,
+            f"head for task={self.task!r} must be one of {', '.join(heads)}, got {self.head!r}",
+        )
+        lo, hi = self.object_sizes
+        _need(
+            1 <= lo <= hi,
+            f"object_sizes must satisfy 1 <= min <= max (pixels), got {list(self.object_sizes)}",
+        )
+        _need(self.max_objects >= 1, f"max_objects must be >= 1, got {self.max_objects}")
+        _need(self.fpn_channels >= 8, f"fpn_channels must be >= 8, got {self.fpn_channels}")
+        _need(
+            self.dense_bn in DENSE_BN,
+            f"dense_bn must be one of {', '.join(DENSE_BN)}, got {self.dense_bn!r}",
+        )
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            _need(getattr(self, key) == 0, f"{key} is for classification; set it to 0")
+        _need(
+            self.auto_augment == "none",
+            "auto_augment is for classification (it would move objects away from their "
+            "boxes); set it to 'none'",
+        )
+        _need(self.freeze_stages == -1 or bool(self.init), "freeze_stages needs init weights")
+
+    def resolved_head(self) -> str:
+        """``head``, or the dense task's default head ("" for classification)."""
+        if self.task == "classify":
+            return ""
+        return self.head or DENSE_HEADS[self.task][0]
 
     def _validate_optimisation(self) -> None:
         _need(
@@ -318,6 +389,8 @@ class TrainConfig:
         """``image_size``, or the default for the data (synthetic: the model's native size)."""
         if self.image_size:
             return self.image_size
+        if self.data in DENSE_DATASET_NAMES:
+            return 128 if self.data == "synthetic-dense" else 320
         if self.data == "synthetic":
             if not self.model:
                 raise ConfigError("model is empty: set a model, or init (its architecture)")

@@ -44,6 +44,7 @@ __all__ = [
     "run_log",
     "tensorboard_writer",
     "write_config",
+    "write_dense_summary",
     "write_summary",
 ]
 
@@ -206,7 +207,7 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
         raise path_error(exc, path) from exc
 
 
-def prepare_csv(run_dir: Path, rows: int) -> None:
+def prepare_csv(run_dir: Path, rows: int, fields: tuple[str, ...] = CSV_FIELDS) -> None:
     """Create metrics.csv, or cut it back to the ``rows`` epochs the checkpoint knows."""
     path = run_dir / "metrics.csv"
     kept: list[list[str]] = []
@@ -216,19 +217,19 @@ def prepare_csv(run_dir: Path, rows: int) -> None:
                 kept = list(csv.reader(fh))[1 : rows + 1]
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)  # numbers only (see CSV_FIELDS): nothing to escape
-            w.writerow(CSV_FIELDS)
+            w.writerow(fields)
             w.writerows(kept)
     except OSError as exc:
         raise path_error(exc, path) from exc
 
 
-def append_csv(run_dir: Path, row: dict[str, Any]) -> None:
+def append_csv(run_dir: Path, row: dict[str, Any], fields: tuple[str, ...] = CSV_FIELDS) -> None:
     """Append one epoch's row and fsync it (a kill right after still keeps it). A full disk is
     an ``OSError`` naming the file ("No space left on device")."""
     path = run_dir / "metrics.csv"
     try:
         with open(path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            w = csv.DictWriter(fh, fieldnames=fields)
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
             fh.flush()
             os.fsync(fh.fileno())
@@ -255,6 +256,44 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         f"val        top-1 err {pct(s['top1_err'])}, top-5 err {pct(s['top5_err'])} "
         f"(accuracy {pct(s['val_acc'])}, n={s['val_n']})",
         f"best       epoch {s['best'].get('epoch')}: top-1 err {pct(s['best'].get('top1_err'))}",
+        f"time       {s['seconds']:.1f}s",
+    ]
+    if s.get("init"):
+        lines.insert(2, f"init       {s['init'].get('init')}")
+    if s["bad_images"]:
+        lines.append(f"skipped    {s['bad_images']} unreadable image(s)")
+    atomic_write_text(run_dir / "summary.txt", "\n".join(lines) + "\n")
+
+
+def write_dense_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``summary.json`` and ``summary.txt`` of a detection or segmentation run."""
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    s, val = summary, summary.get("val") or {}
+
+    def f(key: str) -> str:
+        x = val.get(key)
+        return f"{x:.2f}" if isinstance(x, (int, float)) else "n/a"
+
+    if s["task"] == "segment":
+        metrics = f"mIoU {f('miou')}%, pixel accuracy {f('pixel_acc')}%"
+    else:
+        bins = ", ".join(
+            f"{b[0]} [{b[1]:g}, {'inf' if b[2] is None else format(b[2], 'g')}) px "
+            f"{f('ap_' + b[0])}"
+            for b in val.get("bins", [])
+        )
+        metrics = f"mAP {f('map')}, AP50 {f('ap50')}, AP75 {f('ap75')}; by size: {bins}"
+    best = s["best"]
+    best_key = next((k for k in best if k != "epoch"), "map")
+    lines = [
+        f"run        {s['run_dir']}",
+        f"model      {s['task']} {s['head']} over {s['model']} ({s['params']:,} params, "
+        f"{s['macs'] / 1e6:.1f} MMACs at {s['image_size']}px)",
+        f"data       {s['data']} ({s['num_classes']} classes)",
+        f"epochs     {s['epochs_done']} ({s['steps']} steps, global batch "
+        f"{s['global_batch']}, {s['world_size']} process(es))",
+        f"val        {metrics} (n={val.get('n_images')})",
+        f"best       epoch {best.get('epoch')}: {best_key} {best.get(best_key)}",
         f"time       {s['seconds']:.1f}s",
     ]
     if s.get("init"):

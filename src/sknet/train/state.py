@@ -83,22 +83,27 @@ class TrainState:
 
     # ------------------------------------------------------------------ epochs
 
-    def finish_epoch(self, train: dict[str, float], val: dict[str, Any]) -> bool:
+    def finish_epoch(
+        self,
+        train: dict[str, float],
+        val: dict[str, Any],
+        *,
+        key: str = "top1_err",
+        higher: bool = False,
+    ) -> bool:
         """Close the epoch in progress: advance the position, reset the partial sums, append
-        to the history and update the best epoch. Returns whether this epoch is the best."""
+        to the history and update the best epoch (by ``val[key]``, the lowest unless
+        ``higher``: detectors keep the highest mAP). Returns whether this epoch is the best."""
         self.epoch += 1
         self.step_in_epoch = 0
         self.partial.zero_()
         self.history.append({"epoch": self.epoch, "train": dict(train), "val": dict(val)})
-        is_best = bool(val) and (
-            self.best["top1_err"] is None or val["top1_err"] < self.best["top1_err"]
-        )
-        if is_best:
-            self.best = {
-                "epoch": self.epoch,
-                "top1_err": val["top1_err"],
-                "top5_err": val["top5_err"],
-            }
+        score, best = val.get(key), self.best.get(key)
+        is_best = score is not None and (best is None or (score > best if higher else score < best))
+        if is_best and key == "top1_err":
+            self.best = {"epoch": self.epoch, "top1_err": score, "top5_err": val["top5_err"]}
+        elif is_best:
+            self.best = {"epoch": self.epoch, key: score}
         return is_best
 
     # ------------------------------------------------------------------ checkpoints

@@ -262,7 +262,17 @@ class _Window:
 
 
 class _Trainer:
-    """One call of :func:`train`: the built objects, the :class:`TrainState` and the steps."""
+    """One call of :func:`train`: the built objects, the :class:`TrainState` and the steps.
+
+    The classifier's trainer; :mod:`sknet.train.dense` subclasses it for the dense tasks.
+    """
+
+    #: the training loader's collate function (None: torch's default)
+    collate_fn: Any = None
+    #: columns of metrics.csv
+    csv_fields: tuple[str, ...] = rundir.CSV_FIELDS
+    #: the validation metric that picks the best epoch, and whether higher is better
+    best_key, best_higher = "top1_err", False
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, progress: bool) -> None:
         self.cfg = cfg
@@ -478,7 +488,7 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
                 rundir.write_config(self.run_dir, cfg)
-            rundir.prepare_csv(self.run_dir, self.state.metrics_rows)
+            rundir.prepare_csv(self.run_dir, self.state.metrics_rows, self.csv_fields)
             if cfg.tensorboard:
                 purge = self.state.global_step if resumed else None
                 self.tb = rundir.tensorboard_writer(self.run_dir / "tb", purge)
@@ -545,6 +555,8 @@ class _Trainer:
             batch_size=self.mb,
             sampler=self.sampler,
             drop_last=True,
+            collate_fn=self.collate_fn,
+            generator=self.loader_generator(),
             **loader_kwargs(self.workers, self.device),
         )
         self.net.train()
@@ -559,7 +571,7 @@ class _Trainer:
                     self.set_lr()
                 last_micro = (micro + 1) % cfg.grad_accum == 0
                 loss = self.forward_backward(*batch, sync=last_micro)
-                window.images += batch[1].numel()
+                window.images += len(batch[0])
                 if last_micro:
                     self.optimizer_step(loss, window, bar)
         finally:
@@ -568,6 +580,11 @@ class _Trainer:
             del it  # shuts down loader workers now, also on errors
         self.check_finite()
         return (self.micro_per_epoch - start_micro) * self.mb
+
+    def loader_generator(self) -> torch.Generator | None:
+        """The generator the training DataLoader draws its worker seed from (None: torch's
+        global one, as before; the dense trainer keeps the global stream for its samplers)."""
+        return None
 
     def progress_bar(self) -> Any:
         if not self.progress:
@@ -749,8 +766,20 @@ class _Trainer:
         """Close the epoch: state, metrics row, TensorBoard, log line, checkpoint."""
         st = self.state
         self.note_bad(val.pop("bad_files", []))
-        is_best = st.finish_epoch(train_stats, val)
-        row = {
+        is_best = st.finish_epoch(train_stats, val, key=self.best_key, higher=self.best_higher)
+        row = self.csv_row(train_stats, val, seconds, images)
+        if self.dist.is_main:
+            rundir.append_csv(self.run_dir, row, self.csv_fields)
+            st.metrics_rows += 1
+            self.log_epoch(row, train_stats, val)
+        self.save_checkpoint(is_best=is_best)
+
+    def csv_row(
+        self, train_stats: dict[str, float], val: dict[str, Any], seconds: float, images: int
+    ) -> dict[str, Any]:
+        """The epoch's row of metrics.csv (:attr:`csv_fields`)."""
+        st = self.state
+        return {
             "epoch": st.epoch,
             "step": st.global_step,
             "lr": self.current_lr(),
@@ -764,11 +793,6 @@ class _Trainer:
             "img_per_s": images * self.dist.world_size / max(1e-9, seconds),
             "elapsed_seconds": st.elapsed(),
         }
-        if self.dist.is_main:
-            rundir.append_csv(self.run_dir, row)
-            st.metrics_rows += 1
-            self.log_epoch(row, train_stats, val)
-        self.save_checkpoint(is_best=is_best)
 
     def log_epoch(
         self, row: dict[str, Any], train_stats: dict[str, float], val: dict[str, Any]
@@ -959,6 +983,10 @@ class _Trainer:
         (rank_dir / f"rank{self.dist.rank}.json").write_text(json.dumps(info, indent=2))
 
 
+#: The trainer of each ``TrainConfig.task`` (:mod:`sknet.train.dense` adds the dense tasks).
+TRAINER_CLASSES: dict[str, type[_Trainer]] = {"classify": _Trainer}
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | os.PathLike,
@@ -1008,7 +1036,7 @@ def train(
             log_path = run_dir / "train.log" if dist.is_main else None
             try:
                 with rundir.run_log(log_path):
-                    trainer = _Trainer(cfg, run_dir, dist, progress)
+                    trainer = TRAINER_CLASSES[cfg.task](cfg, run_dir, dist, progress)
                     try:
                         return trainer.run(resume)
                     finally:
