@@ -105,6 +105,15 @@ def test_detector_trains_evaluates_and_predicts_from_the_cli(tmp_path, capsys) -
     assert len(rows) > 1  # threshold 0: the detector returns its top detections
     assert list(figs.glob("*.png"))
 
+    # analyze: the forced-branch test and per-object attention vs size of this run
+    an = tmp_path / "analysis"
+    assert main(["analyze", str(run), "--out", str(an), "--num-images", "8"]) == 0
+    report = (an / "report.md").read_text()
+    assert "small branch only" in report and "Spearman" in report
+    forced = json.loads((an / "forced_branch.json").read_text())
+    assert set(forced) >= {"normal", "small", "large", "delta_small", "delta_large"}
+    assert (an / "object_attention.png").is_file()
+
 
 def test_a_detection_run_killed_mid_epoch_resumes_to_the_same_weights(
     tmp_path, monkeypatch
@@ -190,3 +199,28 @@ def test_a_hostile_dense_file_is_refused_in_one_line(tmp_path) -> None:
     save_file(nan, str(tmp_path / "nan.safetensors"), metadata=meta)
     with pytest.raises(FileFormatError):
         load_dense(tmp_path / "nan.safetensors")
+
+
+def test_a_detector_starts_from_a_classifier_run_with_frozen_bn(tmp_path) -> None:
+    from sknet.layers.norm import FrozenBatchNorm2d
+
+    cls = train(
+        load_preset(
+            "demo", image_size=32, num_samples=64, val_samples=16, epochs=1, batch_size=16,
+            tensorboard=False, checkpoint_every=0,
+        ),
+        tmp_path / "cls",
+    )  # fmt: skip
+    cfg = load_preset("detect-demo", **{**TINY, "init": cls["run_dir"]})
+    summary = train(cfg, tmp_path / "det")
+    assert summary["init"]["init"] == cls["run_dir"]
+    model, record = load_dense(tmp_path / "det")
+    assert model.frozen_bn and record["build"]["frozen_bn"]
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    # the classifier's BN statistics were carried over and stayed fixed
+    clf, _ = sknet.load(tmp_path / "cls")
+    mine = model.backbone.state_dict()
+    theirs = clf.state_dict()
+    key = next(k for k in mine if k.endswith("running_mean"))
+    assert torch.equal(mine[key], theirs[key])

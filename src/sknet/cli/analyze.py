@@ -20,6 +20,7 @@ from sknet._files import check_out_arg
 from sknet.cli import DEVICE_HELP, add_progress, show_progress
 from sknet.cli._source import add_checkpoint_path, checkpoint_path_of
 from sknet.data import DATASET_NAMES, DEFAULT_SCALE_RANGE
+from sknet.dense import is_dense_source
 from sknet.errors import ConfigError, MissingFileError
 from sknet.hub.load import is_random_source, load, random_weights_hint
 
@@ -188,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be >= 1, got {args.num_images}")
     args.device = str(resolve_device(args.device))
+    if is_dense_source(args.source):
+        return _analyze_dense(args)
     model, info = _load(args.source, args.random_weights, checkpoint_path_of(args))
     if not args.no_deploy:
         model = sknet.deploy(model.to(args.device))
@@ -201,6 +204,22 @@ def run(args: argparse.Namespace) -> int:
         return _analyze(args, model, info)
     finally:
         torch.set_num_threads(saved_threads)
+
+
+def _analyze_dense(args: argparse.Namespace) -> int:
+    """A detector or segmenter: per-object attention vs size and the forced-branch test."""
+    from sknet.analysis.dense_study import analyze_dense
+
+    saved_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    try:
+        analyze_dense(args.source, args.out, num_images=args.num_images)
+    finally:
+        torch.set_num_threads(saved_threads)
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _analyze(args: argparse.Namespace, model: Any, info: dict[str, Any]) -> int:
