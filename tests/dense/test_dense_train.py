@@ -67,7 +67,8 @@ def test_dense_tasks_are_checked_in_the_config() -> None:
 
 def test_detector_trains_evaluates_and_predicts_from_the_cli(tmp_path, capsys) -> None:
     run = tmp_path / "det"
-    assert main(["train", "--task", "detect", "--head", "fcos", "--out", str(run), *_sets(TINY)]) == 0
+    argv = ["train", "--task", "detect", "--head", "fcos", "--out", str(run), *_sets(TINY)]
+    assert main(argv) == 0
     line = capsys.readouterr().out
     assert "fcos over sknet_tiny on synthetic-dense: mAP" in line
     summary = json.loads((run / "summary.json").read_text())

@@ -69,8 +69,8 @@ from sknet.train.dense import build_dense_data
 
 __all__ = [
     "DETECT_METRICS",
-    "analyze_dense",
     "SEGMENT_METRICS",
+    "analyze_dense",
     "holm",
     "paired_stats",
     "run_dense_study",
