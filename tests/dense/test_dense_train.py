@@ -115,6 +115,11 @@ def test_detector_trains_evaluates_and_predicts_from_the_cli(tmp_path, capsys) -
     assert set(forced) >= {"normal", "small", "large", "delta_small", "delta_large"}
     assert (an / "object_attention.png").is_file()
 
+    # classifier-only commands say what the file is instead of a misleading error
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) != 0
+    assert "detector or segmenter, not a classifier" in capsys.readouterr().err
+
 
 def test_a_detection_run_killed_mid_epoch_resumes_to_the_same_weights(
     tmp_path, monkeypatch

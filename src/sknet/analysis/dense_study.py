@@ -292,7 +292,12 @@ def run_dense_study(
         comparisons[m] = comps
     doc["comparisons"] = comparisons
     say("timing the rows (interleaved, in this process)")
-    doc["timing"] = _time_rows(doc["rows"], seeds[0], timing_images)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, probe.threads))  # the runs' own setting (the presets: 1)
+    try:
+        doc["timing"] = _time_rows(doc["rows"], seeds[0], timing_images)
+    finally:
+        torch.set_num_threads(saved_threads)
     sk_dirs = sk["run_dirs"]
     if _has_attention(load_dense(sk_dirs[0])[0]):
         say("SK analysis: per-object attention and forced branches")
@@ -328,7 +333,8 @@ def _val_loader(run_dir: str, batch_size: int = 16) -> tuple[Any, Any, DataLoade
 
 def _time_rows(rows: list[dict[str, Any]], seed: int, n_images: int) -> dict[str, Any]:
     """Inference and training milliseconds per image of every row, measured round-robin
-    (3 rounds, the median kept) in one process on one thread setting."""
+    (5 rounds, the median kept) in one process on one thread setting; the first round of
+    each row is a warm-up and not counted."""
     idx = 0  # the first seed's run of each row
     models, batches = {}, None
     for r in rows:
@@ -345,7 +351,7 @@ def _time_rows(rows: list[dict[str, Any]], seed: int, n_images: int) -> dict[str
         raise ConfigError(f"timing needs at least 2 validation images, got {len(images)}")
     infer: dict[str, list[float]] = {k: [] for k in models}
     train: dict[str, list[float]] = {k: [] for k in models}
-    for _round in range(3):
+    for _round in range(6):
         for name, model in models.items():
             model.eval()
             with torch.no_grad():
@@ -363,8 +369,8 @@ def _time_rows(rows: list[dict[str, Any]], seed: int, n_images: int) -> dict[str
                 opt.zero_grad(set_to_none=True)
             train[name].append((time.perf_counter() - t) / (len(images) // bs * bs) * 1000)
             model.eval()
-    med = {k: sorted(v)[1] for k, v in infer.items()}
-    medt = {k: sorted(v)[1] for k, v in train.items()}
+    med = {k: sorted(v[1:])[2] for k, v in infer.items()}
+    medt = {k: sorted(v[1:])[2] for k, v in train.items()}
     ref = rows[1]["name"]  # ResNeXt
     return {
         "images": len(images),
@@ -549,7 +555,7 @@ def study_markdown(doc: dict[str, Any]) -> str:
     if t:
         lines += [
             "",
-            f"Time per image (ms; median of 3 interleaved rounds over {t['images']} validation "
+            f"Time per image (ms; median of 5 interleaved rounds over {t['images']} validation "
             f"images, {t['threads']} thread(s), this machine):",
             "",
             "| row | inference | ratio vs ResNeXt | training step | ratio vs ResNeXt |",

@@ -352,6 +352,12 @@ def read_weights_meta(path: Path, *, name: str | None = None) -> FileMeta:
     metadata). Nothing but the header is read."""
     meta = read_metadata(path)
     name = name or meta.get("sknet_model")
+    if not name and "sknet_dense" in meta:  # sknet.dense.io.DENSE_METADATA_KEY
+        raise FileFormatError(
+            f"{path} is an sknet detector or segmenter, not a classifier: sknet eval, predict "
+            "and analyze take it (in Python: sknet.dense.load_dense); this command takes "
+            "classifiers"
+        )
     if not name:
         raise FileFormatError(
             f"{path} has no 'sknet_model' metadata (not written by sknet): pass the model name, "
