@@ -230,3 +230,26 @@ def test_a_detector_starts_from_a_classifier_run_with_frozen_bn(tmp_path) -> Non
     theirs = clf.state_dict()
     key = next(k for k in mine if k.endswith("running_mean"))
     assert torch.equal(mine[key], theirs[key])
+
+
+def test_segmenter_on_a_coco_folder_evaluates_and_predicts(tmp_path, capsys) -> None:
+    root = tmp_path / "coco"
+    for split, n in (("train", 16), ("val", 4)):
+        write_coco_folder(SyntheticDense(n, image_size=64, object_sizes=(8, 32), split=split),
+                          root, split)  # fmt: skip
+    run = tmp_path / "seg"
+    argv = ["train", "--task", "segment", "--data", "coco", "--data-dir", str(root),
+            "--out", str(run), *_sets({**TINY, "num_samples": 1})]  # fmt: skip
+    assert main(argv) == 0
+    assert "fpn over sknet_tiny on coco: mIoU" in capsys.readouterr().out
+    assert main(["eval", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task"] == "segment" and res["n_images"] == 4 and 0 <= res["miou"] <= 100
+    img = next((root / "val").glob("*.png"))
+    out, figs = tmp_path / "seg.json", tmp_path / "figs"
+    assert main(["predict", str(run), str(img), "--out", str(out), "--explain", str(figs)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["task"] == "segment"
+    row = doc["images"][0]
+    assert set(row) == {"image", *(f"pixels_{c}" for c in sknet.data.SHAPE_CLASSES)}
+    assert len(list(figs.glob("*.png"))) == 1

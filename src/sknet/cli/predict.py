@@ -373,7 +373,8 @@ def _dense_text(rows: list[dict[str, Any]], suffix: str, source: str, model: Any
             "task": model.task,
             "head": model.head,
             "backbone": model.backbone_name,
-            "detections": rows,
+            # detectors: one row per detection; segmenters: one row per image (pixels per class)
+            ("detections" if model.task == "detect" else "images"): rows,
         }
         return json.dumps(doc, indent=2) + "\n"
     keys: dict[str, None] = {}
