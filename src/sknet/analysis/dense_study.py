@@ -179,7 +179,7 @@ def run_dense_study(
     """Train every row for every seed (reusing finished runs), then time, analyse and tabulate.
 
     Writes ``study.json``, ``study.md``, ``metrics.png/svg`` (the metrics per row, single seeds
-    as dots) and, for detectors, ``object_attention.png/svg`` (SKNet, first seed). Returns the
+    as dots) and ``object_attention.png/svg`` (SKNet, first seed). Returns the
     study document.
     """
     say = log or (lambda _msg: None)
@@ -396,21 +396,20 @@ def _sk_analysis(
             return evaluate_dense(model, loader, torch.device("cpu"))
 
         forced.append(forced_branch_table(evaluate, model, list(metrics)))
-        if task == "detect":
-            att = object_attention(
-                model,
-                loader,
-                image_size=int(model.geometry.image_size),
-                max_images=n_images,
-            )
-            for unit in att.units:
-                rho, _p, _n = att.spearman(unit)
-                if rho is not None and math.isfinite(rho):
-                    rhos.setdefault(unit, []).append(rho)
-            if k == 0:
-                first_attention = att
+        att = object_attention(
+            model,
+            loader,
+            image_size=int(model.geometry.image_size),
+            max_images=n_images,
+        )
+        for unit in att.units:
+            rho, _p, _n = att.spearman(unit)
+            if rho is not None and math.isfinite(rho):
+                rhos.setdefault(unit, []).append(rho)
+        if k == 0:
+            first_attention = att
     doc: dict[str, Any] = {"forced_branch": forced, "forced_branch_mean": _mean_forced(forced)}
-    if first_attention is not None:
+    if first_attention is not None:  # detectors and segmenters: the ground-truth objects
         att_json = first_attention.to_json_dict()
         atomic_write_text(out / "object_attention.json", json.dumps(jsonable(att_json)) + "\n")
         plot_object_attention(first_attention, out, stem="object_attention")
@@ -431,8 +430,9 @@ def analyze_dense(
 ) -> dict[str, Any]:
     """The scale analysis of one trained detector or segmenter on its validation split.
 
-    Writes ``object_attention.json`` / ``.png`` / ``.svg`` (detectors: per-object attention on
-    the larger-kernel branch vs object size, Spearman's rho per SK unit), ``forced_branch.json``
+    Writes ``object_attention.json`` / ``.png`` / ``.svg`` (per-object attention on the
+    larger-kernel branch vs object size for the split's ground-truth objects, Spearman's rho
+    per SK unit), ``forced_branch.json``
     (the metrics with every SK unit clamped to its small or its large branch) and
     ``report.md`` into ``out_dir``; returns what ``report.md`` shows.
     """
@@ -465,23 +465,22 @@ def analyze_dense(
     for m in metrics:
         cells = [_fmt(forced.get(part, {}).get(m)) for part in ("normal", "small", "large")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    if model.task == "detect":
-        att = object_attention(
-            model, loader, image_size=int(model.geometry.image_size), max_images=num_images
-        )
-        att.save_json(out / "object_attention.json")
-        plot_object_attention(att, out, stem="object_attention")
-        doc["spearman"] = {u: list(att.spearman(u)) for u in att.units}
-        lines += [
-            "",
-            f"Per-object attention on the larger-kernel branch vs object size "
-            f"({att.num_objects} objects in {att.num_images} images): Spearman's rho per unit",
-            "",
-            "| unit | rho | p (permutation) | objects |",
-            "|---|---:|---:|---:|",
-        ]
-        for u, (rho, p, n) in doc["spearman"].items():
-            lines.append(f"| {u} | {_fmt(rho, 3)} | {_fmt(p, 4)} | {n} |")
+    att = object_attention(
+        model, loader, image_size=int(model.geometry.image_size), max_images=num_images
+    )
+    att.save_json(out / "object_attention.json")
+    plot_object_attention(att, out, stem="object_attention")
+    doc["spearman"] = {u: list(att.spearman(u)) for u in att.units}
+    lines += [
+        "",
+        f"Per-object attention on the larger-kernel branch vs object size "
+        f"({att.num_objects} objects in {att.num_images} images): Spearman's rho per unit",
+        "",
+        "| unit | rho | p (permutation) | objects |",
+        "|---|---:|---:|---:|",
+    ]
+    for u, (rho, p, n) in doc["spearman"].items():
+        lines.append(f"| {u} | {_fmt(rho, 3)} | {_fmt(p, 4)} | {n} |")
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     return doc
 
