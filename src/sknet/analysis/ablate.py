@@ -523,14 +523,7 @@ def run_ablation(
     sweep.cplx = {r.name: _complexity(r, num_classes, image_size) for r in rows}
     todo = sweep.collect_finished(configs)  # validates every finished run before training
     sweep.write_table()
-    if jobs <= 1 or len(todo) <= 1:
-        for row, seed, run_dir, cfg, resume in todo:
-            sweep.start(row, seed, run_dir, resume)
-            summary = train_fn(cfg, run_dir=run_dir, resume=resume, progress=progress)
-            sweep.finish(row, seed, run_dir, cfg, summary)
-    else:
-        custom = train_fn is not default_train
-        _run_parallel(todo, jobs, sweep.start, sweep.finish, custom_trainer=custom)
+    sweep.train(todo, jobs, train_fn, progress, custom_trainer=train_fn is not default_train)
     plot_table(doc, out)
     return doc
 
@@ -586,8 +579,30 @@ class _Sweep:
                     todo.append((row, seed, run_dir, cfg, (run_dir / "config.toml").is_file()))
         return todo
 
+    def train(
+        self,
+        todo: list[tuple[AblationRow, int, Path, Any, bool]],
+        jobs: int,
+        train_fn: TrainFn,
+        progress: bool,
+        *,
+        custom_trainer: bool = False,
+    ) -> None:
+        """Train the runs of ``todo`` here (``jobs`` 1) or in ``jobs`` worker processes."""
+        if jobs <= 1 or len(todo) <= 1:
+            for row, seed, run_dir, cfg, resume in todo:
+                self.start(row, seed, run_dir, resume)
+                summary = train_fn(cfg, run_dir=run_dir, resume=resume, progress=progress)
+                self.finish(row, seed, run_dir, cfg, summary)
+        else:
+            _run_parallel(todo, jobs, self.start, self.finish, custom_trainer=custom_trainer)
+
     def start(self, row: AblationRow, seed: int, run_dir: Path, resume: bool) -> None:
         self.say(f"{row.name} seed {seed}: {'resuming' if resume else 'training'} ({run_dir})")
+
+    def headline(self, summary: dict[str, Any]) -> str:
+        """What the log line of a finished run says about its result."""
+        return f"top-1 error {_top1_err(summary):.2f}%"
 
     def finish(self, row: AblationRow, seed: int, run_dir: Path, cfg: Any, summary: Any) -> None:
         record = {
@@ -597,7 +612,7 @@ class _Sweep:
             "summary": jsonable(summary),
         }
         atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
-        self.say(f"{row.name} seed {seed}: top-1 error {_top1_err(record['summary']):.2f}%")
+        self.say(f"{row.name} seed {seed}: {self.headline(record['summary'])}")
         self.results[(row.name, seed)] = {"seed": seed, "run_dir": str(run_dir), **record}
         self.write_table()
 

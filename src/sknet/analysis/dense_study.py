@@ -47,12 +47,9 @@ import sknet.train as _train_mod
 from sknet._files import atomic_write_text
 from sknet._json import jsonable
 from sknet.analysis.ablate import (
-    RUN_RECORD,
     AblationRow,
-    _fingerprint,
     _make_row_config,
-    _read_record,
-    _run_parallel,
+    _Sweep,
     resolve_base,
     summarize,
 )
@@ -65,7 +62,7 @@ from sknet.data.dense import dense_collate
 from sknet.dense import evaluate_dense, load_dense
 from sknet.errors import ConfigError
 from sknet.models import sk_units
-from sknet.train.dense import build_dense_data
+from sknet.train.dense import dense_val_loader
 
 __all__ = [
     "DETECT_METRICS",
@@ -183,20 +180,8 @@ def run_dense_study(
     study document.
     """
     say = log or (lambda _msg: None)
-    seeds = [int(s) for s in seeds]
-    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"give distinct seeds, got {seeds}")
-    settings = dict(settings or {})
-    for key in ("model", "seed"):
-        if key in settings:
-            raise ConfigError(f"set {key!r} with --model / --seeds, not --set")
+    seeds, settings, probe = _check_study(preset, seeds, settings)
     make_config = _train_mod.load_preset
-    probe = make_config(preset, **settings)
-    if probe.task == "classify":
-        raise ConfigError(
-            f"preset {preset!r} trains a classifier; the dense study needs task detect or "
-            "segment (e.g. --preset detect-demo or segment-demo)"
-        )
     base = base_model or probe.model
     rows = study_rows(base)
     out = Path(out_dir)
@@ -206,41 +191,10 @@ def run_dense_study(
         for r in rows
         for s in seeds
     }
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = []
-    for r in rows:
-        for s in seeds:
-            run_dir = out / "runs" / r.slug / f"seed{s}"
-            record = _read_record(run_dir, configs[(r.name, s)])
-            if record is not None:
-                say(f"{r.name} seed {s}: reused ({run_dir})")
-                results[(r.name, s)] = {"run_dir": str(run_dir), **record}
-            else:
-                resume = (run_dir / "config.toml").is_file()
-                todo.append((r, s, run_dir, configs[(r.name, s)], resume))
-
-    def start(row: AblationRow, seed: int, run_dir: Path, resume: bool) -> None:
-        say(f"{row.name} seed {seed}: {'resuming' if resume else 'training'} ({run_dir})")
-
-    def finish(row: AblationRow, seed: int, run_dir: Path, cfg: Any, summary: Any) -> None:
-        record = {
-            "fingerprint": _fingerprint(cfg),
-            "row": row.name,
-            "seed": seed,
-            "summary": jsonable(summary),
-        }
-        atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=1) + "\n")
-        results[(row.name, seed)] = {"run_dir": str(run_dir), **record}
-        say(f"{row.name} seed {seed}: {_headline(probe.task, record['summary'])}")
-
+    sweep = _DenseSweep(probe.task, rows, seeds, out, say)
+    todo = sweep.collect_finished(configs)  # validates every finished run before training
     t0 = time.perf_counter()
-    if jobs <= 1 or len(todo) <= 1:
-        for row, seed, run_dir, cfg, resume in todo:
-            start(row, seed, run_dir, resume)
-            summary = _train_mod.train(cfg, run_dir=run_dir, resume=resume, progress=progress)
-            finish(row, seed, run_dir, cfg, summary)
-    else:
-        _run_parallel(todo, jobs, start, finish, custom_trainer=False)
+    sweep.train(todo, jobs, _train_mod.train, progress)
     train_seconds = time.perf_counter() - t0
 
     metrics = DETECT_METRICS if probe.task == "detect" else SEGMENT_METRICS
@@ -258,39 +212,9 @@ def run_dense_study(
         "training_seconds_this_call": round(train_seconds, 1),
         "rows": [],
     }
-    for r in rows:
-        runs = [results[(r.name, s)] for s in seeds]
-        summaries = [x["summary"] for x in runs]
-        row_doc: dict[str, Any] = {
-            "name": r.name,
-            "model": r.model,
-            "overrides": jsonable(r.overrides_text()),
-            "description": r.description,
-            "params": summaries[0].get("params"),
-            "macs": summaries[0].get("macs"),
-            "train_seconds": [s.get("seconds") for s in summaries],
-            "run_dirs": [x["run_dir"] for x in runs],
-            "bins": (summaries[0].get("val") or {}).get("bins"),
-        }
-        for m in metrics:
-            vals = [_metric(s, m) for s in summaries]
-            row_doc[m] = vals
-            present = [v for v in vals if v is not None]
-            mean, sd = summarize(present)
-            row_doc[f"{m}_mean"], row_doc[f"{m}_sd"] = mean, sd
-        doc["rows"].append(row_doc)
+    doc["rows"] = [_row_doc(r, [sweep.results[(r.name, s)] for s in seeds], metrics) for r in rows]
+    doc["comparisons"] = _comparisons(doc["rows"], metrics)
     sk = doc["rows"][0]
-    comparisons: dict[str, list[dict[str, Any]]] = {}
-    for m in metrics:
-        comps = []
-        for other in doc["rows"][1:]:
-            pairs = [(a, b) for a, b in zip(sk[m], other[m]) if a is not None and b is not None]
-            st = paired_stats([a for a, _ in pairs], [b for _, b in pairs])
-            comps.append({"versus": other["name"], **st})
-        for c, adj in zip(comps, holm([c["p"] for c in comps])):
-            c["p_holm"] = adj
-        comparisons[m] = comps
-    doc["comparisons"] = comparisons
     say("timing the rows (interleaved, in this process)")
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, probe.threads))  # the runs' own setting (the presets: 1)
@@ -306,6 +230,84 @@ def run_dense_study(
     atomic_write_text(out / STUDY_MD, study_markdown(doc))
     plot_study(doc, out)
     return doc
+
+
+def _check_study(
+    preset: str, seeds: Sequence[int], settings: dict[str, Any] | None
+) -> tuple[list[int], dict[str, Any], Any]:
+    """The seeds and settings checked, and the preset's config with the settings (a probe)."""
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"give distinct seeds, got {seeds}")
+    settings = dict(settings or {})
+    for key in ("model", "seed"):
+        if key in settings:
+            raise ConfigError(f"set {key!r} with --model / --seeds, not --set")
+    probe = _train_mod.load_preset(preset, **settings)
+    if probe.task == "classify":
+        raise ConfigError(
+            f"preset {preset!r} trains a classifier; the dense study needs task detect or "
+            "segment (e.g. --preset detect-demo or segment-demo)"
+        )
+    return seeds, settings, probe
+
+
+def _row_doc(
+    row: AblationRow, runs: list[dict[str, Any]], metrics: Sequence[str]
+) -> dict[str, Any]:
+    """One row of the study: the build, the runs, and every metric per seed with mean and sd."""
+    summaries = [x["summary"] for x in runs]
+    doc: dict[str, Any] = {
+        "name": row.name,
+        "model": row.model,
+        "overrides": jsonable(row.overrides_text()),
+        "description": row.description,
+        "params": summaries[0].get("params"),
+        "macs": summaries[0].get("macs"),
+        "train_seconds": [s.get("seconds") for s in summaries],
+        "run_dirs": [x["run_dir"] for x in runs],
+        "bins": (summaries[0].get("val") or {}).get("bins"),
+    }
+    for m in metrics:
+        vals = [_metric(s, m) for s in summaries]
+        doc[m] = vals
+        doc[f"{m}_mean"], doc[f"{m}_sd"] = summarize([v for v in vals if v is not None])
+    return doc
+
+
+def _comparisons(
+    rows: list[dict[str, Any]], metrics: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per metric: SKNet (the first row) minus every other row, paired by seed, Holm-adjusted
+    over the comparisons of that metric."""
+    sk, out = rows[0], {}
+    for m in metrics:
+        comps = []
+        for other in rows[1:]:
+            pairs = [(a, b) for a, b in zip(sk[m], other[m]) if a is not None and b is not None]
+            st = paired_stats([a for a, _ in pairs], [b for _, b in pairs])
+            comps.append({"versus": other["name"], **st})
+        for c, adj in zip(comps, holm([c["p"] for c in comps])):
+            c["p_holm"] = adj
+        out[m] = comps
+    return out
+
+
+class _DenseSweep(_Sweep):
+    """The ablations' sweep (reuse, resume, parallel workers, run records) for dense runs:
+    their log line reports mAP / mIoU, and the study writes its own tables at the end."""
+
+    def __init__(
+        self, task: str, rows: list[AblationRow], seeds: list[int], out: Path, say: Any
+    ) -> None:
+        super().__init__({}, rows, seeds, out, say)
+        self.task = task
+
+    def headline(self, summary: dict[str, Any]) -> str:
+        return _headline(self.task, summary)
+
+    def write_table(self) -> None:  # the study's tables need every run: written at the end
+        pass
 
 
 def _has_attention(model: Any) -> bool:
@@ -325,10 +327,8 @@ def _headline(task: str, summary: dict[str, Any]) -> str:
 
 
 def _val_loader(run_dir: str, batch_size: int = 16) -> tuple[Any, Any, DataLoader]:
-    model, record = load_dense(run_dir)
-    cfg = _train_mod.TrainConfig.from_dict(record["train_config"], source=run_dir)
-    ds = build_dense_data(cfg, splits=("val",)).val
-    return model, ds, DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=dense_collate)
+    model, _record, loader = dense_val_loader(run_dir, batch_size)
+    return model, loader.dataset, loader
 
 
 def _time_rows(rows: list[dict[str, Any]], seed: int, n_images: int) -> dict[str, Any]:

@@ -53,10 +53,16 @@ from sknet.train import rundir
 from sknet.train.config import TrainConfig
 from sknet.train.distributed import seed_everything
 from sknet.train.finetune import _load_source
-from sknet.train.pipeline import PositionedSampler, loader_kwargs
+from sknet.train.pipeline import loader_kwargs
 from sknet.train.trainer import TRAINER_CLASSES, _clean_loader_error, _on_main, _Trainer
 
-__all__ = ["DENSE_CSV_FIELDS", "DenseData", "build_dense_data", "evaluate_dense_source"]
+__all__ = [
+    "DENSE_CSV_FIELDS",
+    "DenseData",
+    "build_dense_data",
+    "dense_val_loader",
+    "evaluate_dense_source",
+]
 
 log = logging.getLogger("sknet.train")
 
@@ -206,29 +212,14 @@ class DenseTrainer(_Trainer):
     csv_fields = DENSE_CSV_FIELDS
     best_key, best_higher = "map", True
 
-    def build(self, ckpt: dict[str, Any] | None) -> None:
-        cfg, dist = self.cfg, self.dist
-        self.mb = cfg.micro_batch(dist.world_size)
-        self.data: Any = build_dense_data(cfg)
-        self.num_classes = self.data.num_classes
-        if cfg.num_classes and cfg.num_classes != self.num_classes:
-            raise ConfigError(
-                f"num_classes={cfg.num_classes} but {cfg.data} has {self.num_classes} classes"
-            )
-        self.build_model(ckpt)
-        self.build_optimizer()
-        self.build_ingredients()
-        self.sampler = PositionedSampler(self.data.train, dist.world_size, dist.rank, seed=cfg.seed)
-        micro = (self.sampler.num_samples // self.mb) // cfg.grad_accum * cfg.grad_accum
-        self.micro_per_epoch, self.steps_per_epoch = micro, micro // cfg.grad_accum
-        if self.steps_per_epoch < 1:
-            raise DataError(
-                f"{len(self.data.train)} training images give no full batch of "
-                f"{cfg.batch_size}; lower batch_size or raise num_samples"
-            )
-        self.val_loader = DataLoader(
+    def build_data(self) -> Any:
+        return build_dense_data(self.cfg)
+
+    def build_val_loader(self, batch_size: int) -> DataLoader:
+        # every rank evaluates the whole split: COCO evaluation needs all predictions at once
+        return DataLoader(
             self.data.val,
-            batch_size=cfg.eval_batch_size or 2 * self.mb,
+            batch_size=batch_size,
             shuffle=False,
             collate_fn=dense_collate,
             **loader_kwargs(self.workers, self.device),
@@ -527,6 +518,43 @@ def evaluate_dense_source(
     """
     if size_bins not in ("data", "coco"):
         raise ConfigError(f"size_bins must be 'data' or 'coco', got {size_bins!r}")
+    dev = resolve_device(device)
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model, record, loader = dense_val_loader(
+            source, batch_size, data=data, data_dir=data_dir, val_samples=val_samples
+        )
+        model.to(dev)
+        bins = COCO_SIZE_BINS if size_bins == "coco" else None
+        res = evaluate_dense(model, loader, dev, bins=bins)
+    finally:
+        torch.set_num_threads(saved_threads)
+    build = record["build"]
+    return {
+        "model": build["backbone"],
+        "task": build["task"],
+        "head": build["head"],
+        "data": data or (record["train_config"] or {}).get("data", "synthetic-dense"),
+        "image_size": build["image_size"],
+        "classes": list(record["classes"]),
+        "source": str(source),
+        "size_bins": size_bins,
+        **res,
+    }
+
+
+def dense_val_loader(
+    source: str | os.PathLike,
+    batch_size: int = 16,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    val_samples: int | None = None,
+) -> tuple[DenseModel, dict[str, Any], DataLoader]:
+    """A dense model (:func:`sknet.dense.load_dense`), its record, and a loader over the
+    validation split of its own data (as its run's config recorded it) or of ``data``."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     model, record = load_dense(source)
@@ -549,32 +577,12 @@ def evaluate_dense_source(
     if val_samples is not None:
         changes["val_samples"] = val_samples
     changes.setdefault("data", "synthetic-dense")
-    cfg = TrainConfig(**{k: v for k, v in changes.items()}).replace(num_samples=1)
-    dev = resolve_device(device)
-    saved_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        ds = build_dense_data(cfg, splits=("val",)).val
-        if tuple(ds.classes) != tuple(record["classes"]):
-            raise DataError(
-                f"{cfg.data} has classes {list(ds.classes)[:5]}... but the model was trained on "
-                f"{list(record['classes'])[:5]}...; evaluate it on data with its classes"
-            )
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=dense_collate)
-        model.to(dev)
-        bins = COCO_SIZE_BINS if size_bins == "coco" else None
-        res = evaluate_dense(model, loader, dev, bins=bins)
-    finally:
-        torch.set_num_threads(saved_threads)
-    return {
-        "model": build["backbone"],
-        "task": build["task"],
-        "head": build["head"],
-        "data": cfg.data,
-        "image_size": build["image_size"],
-        "classes": list(record["classes"]),
-        "source": str(source),
-        "size_bins": size_bins,
-        **res,
-    }
+    cfg = TrainConfig(**changes).replace(num_samples=1)
+    ds = build_dense_data(cfg, splits=("val",)).val
+    if tuple(ds.classes) != tuple(record["classes"]):
+        raise DataError(
+            f"{cfg.data} has classes {list(ds.classes)[:5]}... but the model was trained on "
+            f"{list(record['classes'])[:5]}...; evaluate it on data with its classes"
+        )
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=dense_collate)
+    return model, record, loader

@@ -326,7 +326,7 @@ class _Trainer:
         cfg, dist = self.cfg, self.dist
         self.mb = cfg.micro_batch(dist.world_size)
         # Data first: building it must not shift the seeded model initialisation below.
-        self.data = build_data(cfg)
+        self.data = self.build_data()
         self.num_classes = cfg.num_classes or self.data.num_classes
         if cfg.num_classes and cfg.num_classes != self.data.num_classes:
             raise ConfigError(
@@ -343,9 +343,17 @@ class _Trainer:
                 f"{len(self.data.train)} training samples give no full batch of "
                 f"{cfg.batch_size}; lower batch_size or raise num_samples"
             )
-        eval_bs = cfg.eval_batch_size or 2 * self.mb
-        self.val_loader = eval_loader(
-            self.data.val, eval_bs, dist.rank, dist.world_size, self.workers, self.device
+        self.val_loader = self.build_val_loader(cfg.eval_batch_size or 2 * self.mb)
+
+    def build_data(self) -> Any:
+        """The run's datasets (:class:`DataBundle`: ``train``, ``val``, ``num_classes``, ...)."""
+        return build_data(self.cfg)
+
+    def build_val_loader(self, batch_size: int) -> DataLoader:
+        """The loader over this rank's shard of the validation split."""
+        dist = self.dist
+        return eval_loader(
+            self.data.val, batch_size, dist.rank, dist.world_size, self.workers, self.device
         )
 
     def build_model(self, ckpt: dict[str, Any] | None) -> None:
