@@ -241,72 +241,114 @@ def coco_metrics(
         image_id = index + 1  # positional ids: unique even if two targets share an image_id
         height, width = _image_hw(target)
         images.append({"id": image_id, "height": height, "width": width})
+        new = _gt_annotations(target, index, image_id, num_classes, len(gts), segm, mask_utils)
+        gts += new
+        counted_areas += [a["area"] for a in new if not a["iscrowd"]]
+        dts += _detections(pred, index, image_id, len(dts), segm, mask_utils)
+    evaluator = _run_cocoeval(images, gts, dts, num_classes, bins, iou_type, COCO, COCOeval)
+    out = _summary(evaluator, bins)
+    out["n_objects"] = len(counted_areas)
+    for b in bins:
+        out[f"n_objects_{b.name}"] = sum(b.contains_area(x) for x in counted_areas)
+    return out
 
-        labels = _np(target["labels"], np.int64).reshape(-1)
-        if labels.size and (labels.min() < 1 or labels.max() > num_classes):
-            raise DataError(
-                f"target {index}: labels must be in 1..{num_classes} (0 is background), "
-                f"got {sorted(set(labels.tolist()))}"
-            )
-        boxes = _xywh(_np(target["boxes"], np.float64))
-        areas = _object_areas(target)
-        crowd = _crowd(target, len(labels))
-        if not len(boxes) == len(areas) == len(crowd) == len(labels):
-            raise DataError(f"target {index}: boxes, labels, area and iscrowd differ in length")
-        gt_rles: list[dict[str, Any]] = []
+
+def _gt_annotations(
+    target: Mapping[str, Any],
+    index: int,
+    image_id: int,
+    num_classes: int,
+    first_id: int,
+    segm: bool,
+    mask_utils: Any,
+) -> list[dict[str, Any]]:
+    """One target's objects as COCO annotations (ids from ``first_id + 1``)."""
+    labels = _np(target["labels"], np.int64).reshape(-1)
+    if labels.size and (labels.min() < 1 or labels.max() > num_classes):
+        raise DataError(
+            f"target {index}: labels must be in 1..{num_classes} (0 is background), "
+            f"got {sorted(set(labels.tolist()))}"
+        )
+    boxes = _xywh(_np(target["boxes"], np.float64))
+    areas = _object_areas(target)
+    crowd = _crowd(target, len(labels))
+    if not len(boxes) == len(areas) == len(crowd) == len(labels):
+        raise DataError(f"target {index}: boxes, labels, area and iscrowd differ in length")
+    rles: list[dict[str, Any]] = []
+    if segm:
+        if "masks" not in target:
+            raise DataError(f"target {index}: iou_type='segm' needs the target's 'masks'")
+        rles = _rles(_np(target["masks"], np.uint8), mask_utils)
+    out = []
+    for j in range(len(labels)):
+        ann: dict[str, Any] = {
+            "id": first_id + j + 1,
+            "image_id": image_id,
+            "category_id": int(labels[j]),
+            "bbox": boxes[j].tolist(),
+            "area": float(areas[j]),
+            "iscrowd": int(crowd[j]),
+        }
         if segm:
-            if "masks" not in target:
-                raise DataError(f"target {index}: iou_type='segm' needs the target's 'masks'")
-            gt_rles = _rles(_np(target["masks"], np.uint8), mask_utils)
-        for j in range(len(labels)):
-            ann: dict[str, Any] = {
-                "id": len(gts) + 1,
-                "image_id": image_id,
-                "category_id": int(labels[j]),
-                "bbox": boxes[j].tolist(),
-                "area": float(areas[j]),
-                "iscrowd": int(crowd[j]),
-            }
-            if segm:
-                ann["segmentation"] = gt_rles[j]
-            gts.append(ann)
-            if not crowd[j]:
-                counted_areas.append(float(areas[j]))
+            ann["segmentation"] = rles[j]
+        out.append(ann)
+    return out
 
-        scores = _np(pred.get("scores", np.zeros(0)), np.float64).reshape(-1)
-        if scores.size == 0:
-            continue
-        p_labels = _np(pred["labels"], np.int64).reshape(-1)
-        p_boxes = _xywh(_np(pred["boxes"], np.float64))
-        p_rles: list[dict[str, Any]] = []
+
+def _detections(
+    pred: Mapping[str, Any],
+    index: int,
+    image_id: int,
+    first_id: int,
+    segm: bool,
+    mask_utils: Any,
+) -> list[dict[str, Any]]:
+    """One prediction dict as COCO detections (ids from ``first_id + 1``)."""
+    scores = _np(pred.get("scores", np.zeros(0)), np.float64).reshape(-1)
+    if scores.size == 0:
+        return []
+    labels = _np(pred["labels"], np.int64).reshape(-1)
+    boxes = _xywh(_np(pred["boxes"], np.float64))
+    rles: list[dict[str, Any]] = []
+    if segm:
+        if "masks" not in pred:
+            raise InputError(f"prediction {index}: iou_type='segm' needs the prediction's 'masks'")
+        masks = _np(pred["masks"], np.float32)
+        masks = masks.reshape(len(scores), *masks.shape[-2:])
+        rles = _rles((masks > 0.5).astype(np.uint8), mask_utils)
+    out = []
+    for j in range(len(scores)):
+        det: dict[str, Any] = {
+            "id": first_id + j + 1,
+            "image_id": image_id,
+            "category_id": int(labels[j]),
+            "score": float(scores[j]),
+            "iscrowd": 0,
+        }
         if segm:
-            if "masks" not in pred:
-                raise InputError(
-                    f"prediction {index}: iou_type='segm' needs the prediction's 'masks'"
-                )
-            p_masks = _np(pred["masks"], np.float32)
-            p_masks = p_masks.reshape(len(scores), *p_masks.shape[-2:])
-            p_rles = _rles((p_masks > 0.5).astype(np.uint8), mask_utils)
-        for j in range(len(scores)):
-            det: dict[str, Any] = {
-                "id": len(dts) + 1,
-                "image_id": image_id,
-                "category_id": int(p_labels[j]),
-                "score": float(scores[j]),
-                "iscrowd": 0,
-            }
-            if segm:
-                det["segmentation"] = p_rles[j]
-                det["area"] = float(mask_utils.area(p_rles[j]))
-                det["bbox"] = mask_utils.toBbox(p_rles[j]).tolist()
-            else:
-                det["bbox"] = p_boxes[j].tolist()
-                det["area"] = float(p_boxes[j, 2] * p_boxes[j, 3])
-            dts.append(det)
+            det["segmentation"] = rles[j]
+            det["area"] = float(mask_utils.area(rles[j]))
+            det["bbox"] = mask_utils.toBbox(rles[j]).tolist()
+        else:
+            det["bbox"] = boxes[j].tolist()
+            det["area"] = float(boxes[j, 2] * boxes[j, 3])
+        out.append(det)
+    return out
 
+
+def _run_cocoeval(
+    images: list[dict[str, Any]],
+    gts: list[dict[str, Any]],
+    dts: list[dict[str, Any]],
+    num_classes: int,
+    bins: Sequence[SizeBin],
+    iou_type: str,
+    COCO: Any,
+    COCOeval: Any,
+) -> Any:
+    """COCOeval over in-memory data sets with one area range per bin (its prints silenced)."""
     categories = [{"id": k, "name": str(k)} for k in range(1, num_classes + 1)]
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
+    with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": gts, "categories": categories}
         coco_gt.createIndex()
@@ -322,12 +364,14 @@ def coco_metrics(
         params.maxDets = [1, 10, 100]
         evaluator.evaluate()
         evaluator.accumulate()
+    return evaluator
 
-    precision = evaluator.eval[
-        "precision"
-    ]  # (T iou thresholds, R recall, K classes, A areas, M maxDets)
+
+def _summary(evaluator: Any, bins: Sequence[SizeBin]) -> dict[str, Any]:
+    """map, ap50, ap75, ar100 and ap_<bin> in percent (None where nothing was measured)."""
+    precision = evaluator.eval["precision"]  # (T iou thresholds, R recall, K, A areas, M maxDets)
     recall = evaluator.eval["recall"]  # (T, K, A, M)
-    iou_thrs = params.iouThrs
+    iou_thrs = evaluator.params.iouThrs
 
     def mean_or_none(values: np.ndarray) -> float | None:
         valid = values[values > -1]
@@ -347,9 +391,6 @@ def coco_metrics(
     }
     for a, b in enumerate(bins, start=1):
         out[f"ap_{b.name}"] = ap(a)
-    out["n_objects"] = len(counted_areas)
-    for b in bins:
-        out[f"n_objects_{b.name}"] = sum(b.contains_area(x) for x in counted_areas)
     return out
 
 
