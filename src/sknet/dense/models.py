@@ -382,6 +382,8 @@ class DenseModel(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         frozen_bn: bool,
+        fpn_channels: int = 0,
+        backbone_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -393,8 +395,8 @@ class DenseModel(nn.Module):
         self.data_config = data_config
         self.frozen_bn = frozen_bn
         self.image_size = geometry.image_size
-        self.fpn_channels = 0  # set by build_dense_model
-        self.backbone_overrides: dict[str, Any] = {}  # set by build_dense_model
+        self.fpn_channels = fpn_channels  # recorded for build_args
+        self.backbone_overrides = dict(backbone_overrides or {})
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1), persistent=False)
 
@@ -702,6 +704,43 @@ def build_dense_model(
         ConfigError: an unknown task, head or backbone, ``num_classes < 1``, ``image_size``
             below the backbone's minimum, invalid ``object_sizes`` or ``fpn_channels``.
     """
+    num_classes, fpn_channels, overrides = _check_build(
+        backbone, task, head, num_classes, fpn_channels, backbone_overrides
+    )
+    body, geometry = _backbone(backbone, overrides, image_size, object_sizes, frozen_bn)
+    data_config, mean, std = _input_config(body, backbone, image_size, mean, std)
+    extra_mode = "conv" if head in ("fcos", "retinanet") else "pool"
+    fpn = SKFeaturePyramid(body, fpn_channels, geometry.num_extra_levels, extra_mode)
+    net = (
+        FPNSegmenter(fpn, num_classes, fpn_channels)
+        if task == "segment"
+        else _detector(head, fpn, geometry, num_classes, mean, std)
+    )
+    return DenseModel(
+        net,
+        task=task,
+        head=head,
+        backbone_name=backbone,
+        num_classes=num_classes,
+        geometry=geometry,
+        data_config=data_config,
+        mean=mean,
+        std=std,
+        frozen_bn=frozen_bn,
+        fpn_channels=fpn_channels,
+        backbone_overrides=overrides,
+    )
+
+
+def _check_build(
+    backbone: Any,
+    task: str,
+    head: str,
+    num_classes: Any,
+    fpn_channels: Any,
+    backbone_overrides: Mapping[str, Any] | None,
+) -> tuple[int, int, dict[str, Any]]:
+    """The arguments of :func:`build_dense_model` checked (ConfigError naming the first bad one)."""
     if task not in DENSE_TASKS:
         raise ConfigError(f"unknown task {task!r}; valid: {', '.join(DENSE_TASKS)}")
     if head not in DENSE_TASKS[task]:
@@ -719,6 +758,17 @@ def build_dense_model(
         if key in overrides:
             raise ConfigError(f"backbone_overrides must not set {key!r}: build_dense_model sets it")
     get_entry(backbone)  # ConfigError naming close matches for an unknown name
+    return num_classes, fpn_channels, overrides
+
+
+def _backbone(
+    backbone: str,
+    overrides: dict[str, Any],
+    image_size: int,
+    object_sizes: Sequence[float],
+    frozen_bn: bool,
+) -> tuple[FeatureNet, DenseGeometry]:
+    """The backbone's feature levels that the data's geometry needs, and that geometry."""
     # the levels with the overrides (output_stride dilates): shapes only, weights not loaded
     shape_args = {k: v for k, v in overrides.items() if k not in ("pretrained", "checkpoint_path")}
     with torch.device("meta"):
@@ -730,6 +780,18 @@ def build_dense_model(
     assert isinstance(body, FeatureNet)
     if frozen_bn:
         freeze_batchnorm(body)
+    return body, geometry
+
+
+def _input_config(
+    body: FeatureNet,
+    backbone: str,
+    image_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[DataConfig, tuple[float, ...], tuple[float, ...]]:
+    """The model's input preparation: the backbone's, at ``image_size`` with no resize, and the
+    normalisation (``mean``/``std`` when given, else the backbone's)."""
     cfg = body.data_config
     if cfg is None:
         raise ConfigError(f"backbone {backbone!r} has no data_config (mean/std)")
@@ -741,28 +803,7 @@ def build_dense_model(
         cfg,
         preprocess=replace(cfg.preprocess, input_size=image_size, resize=None, mean=mean, std=std),
     )
-    extra_mode = "conv" if head in ("fcos", "retinanet") else "pool"
-    fpn = SKFeaturePyramid(body, fpn_channels, geometry.num_extra_levels, extra_mode)
-    net = (
-        FPNSegmenter(fpn, num_classes, fpn_channels)
-        if task == "segment"
-        else _detector(head, fpn, geometry, num_classes, mean, std)
-    )
-    model = DenseModel(
-        net,
-        task=task,
-        head=head,
-        backbone_name=backbone,
-        num_classes=num_classes,
-        geometry=geometry,
-        data_config=data_config,
-        mean=mean,
-        std=std,
-        frozen_bn=frozen_bn,
-    )
-    model.fpn_channels = fpn_channels
-    model.backbone_overrides = overrides
-    return model
+    return data_config, mean, std
 
 
 # ------------------------------------------------------------------------------------- weights
