@@ -655,6 +655,58 @@ def _objects(
     return b, labels[keep].numpy(), np.sqrt(np.clip(area[keep].numpy(), 0, None))
 
 
+def _chosen_units(
+    model: nn.Module,
+    units: Sequence[str] | None,
+    max_images: int | None,
+    image_size: int | None,
+) -> dict[str, UnitInfo]:
+    """The analysed units (all with attention, or those named) with the options checked."""
+    infos = unit_infos(model)
+    if units is not None:
+        unknown = [u for u in units if u not in infos]
+        if unknown:
+            raise ConfigError(
+                f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(infos)}"
+            )
+        if not units:
+            raise ConfigError("choose at least one SK unit")
+        infos = {u: infos[u] for u in units}
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"max_images must be >= 1, got {max_images}")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"image_size must be >= 1, got {image_size}")
+    return infos
+
+
+def _collect(
+    probe: Any,
+    per_unit: dict[str, dict[str, list[np.ndarray]]],
+    k: int,
+    b: int,
+    keep_channels: bool,
+) -> None:
+    """Append one batch's results of every unit (NaN where a unit did not run): ``k`` objects
+    in ``b`` images."""
+    for n, p in probe.probes.items():
+        r = p.result or {}
+        acc = per_unit[n]
+        m = p.info.num_branches
+
+        def take(key: str, shape: tuple[int, ...], r: dict[str, Any] = r) -> np.ndarray:
+            return r[key].numpy().astype(np.float64) if key in r else np.full(shape, np.nan)
+
+        acc["large"].append(take("large", (k,)))
+        acc["branch_mean"].append(take("branch_mean", (k, m)))
+        acc["image"].append(take("image", (b,)))
+        if keep_channels:
+            acc["channels"].append(
+                r["channels"].numpy()
+                if "channels" in r
+                else np.full((k, m, p.info.channels), np.nan, dtype=np.float32)
+            )
+
+
 def object_attention(
     model: nn.Module,
     batches: Iterable[Any],
@@ -688,20 +740,7 @@ def object_attention(
     Raises:
         ConfigError: the model has no SK attention unit, or an unknown/unused unit was named.
     """
-    infos = unit_infos(model)
-    if units is not None:
-        unknown = [u for u in units if u not in infos]
-        if unknown:
-            raise ConfigError(
-                f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(infos)}"
-            )
-        if not units:
-            raise ConfigError("choose at least one SK unit")
-        infos = {u: infos[u] for u in units}
-    if max_images is not None and max_images < 1:
-        raise ConfigError(f"max_images must be >= 1, got {max_images}")
-    if image_size is not None and image_size < 1:
-        raise ConfigError(f"image_size must be >= 1, got {image_size}")
+    infos = _chosen_units(model, units, max_images, image_size)
     mods = sk_units(model)
     probe = _Probe({n: mods[n] for n in infos}, infos, image_size or 0)
     probe.keep_channels = keep_channels
@@ -741,44 +780,18 @@ def object_attention(
                 if side is None:
                     side = int(images.shape[-1])
                 probe.image_size = side
-                rois, counts = [], []
+                rois = []
                 for i, t in enumerate(targets):
                     boxes, lab, sq = _objects(t, side, include_crowd)
-                    counts.append(len(lab))
                     rois.append(np.concatenate([np.full((len(lab), 1), i), boxes], axis=1))
                     img_idx.append(np.full(len(lab), seen_images + i, dtype=np.int64))
                     labels.append(lab)
                     sizes.append(sq)
                     wh.append(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1))
-                k = int(sum(counts))
                 roi_t = torch.from_numpy(np.concatenate(rois, 0)).float().reshape(-1, 5)
                 probe.start_batch(roi_t, b)
                 model(images.to(device))
-                for n, p in probe.probes.items():
-                    r = p.result or {}
-                    acc = per_unit[n]
-                    m = p.info.num_branches
-                    acc["large"].append(
-                        r["large"].numpy().astype(np.float64)
-                        if "large" in r
-                        else np.full(k, np.nan)
-                    )
-                    acc["branch_mean"].append(
-                        r["branch_mean"].numpy().astype(np.float64)
-                        if "branch_mean" in r
-                        else np.full((k, m), np.nan)
-                    )
-                    acc["image"].append(
-                        r["image"].numpy().astype(np.float64)
-                        if "image" in r
-                        else np.full(b, np.nan)
-                    )
-                    if keep_channels:
-                        acc["channels"].append(
-                            r["channels"].numpy()
-                            if "channels" in r
-                            else np.full((k, m, p.info.channels), np.nan, dtype=np.float32)
-                        )
+                _collect(probe, per_unit, len(roi_t), b, keep_channels)
                 seen_images += b
                 if max_images is not None and seen_images >= max_images:
                     break
