@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from sknet.data import load_image
@@ -94,8 +95,7 @@ def predict_files(
         except Exception as exc:  # CorruptImageError, ImageTooLargeError, OSError
             results.append(DenseResult(str(f), error=str(exc).splitlines()[0][:300]))
             continue
-        arr = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
-        image = arr.view(pil.height, pil.width, 3).permute(2, 0, 1).contiguous()
+        image = pil_to_tensor(pil)  # (3, H, W) uint8
         x, scale = letterbox(image.float() / 255, size)
         pred = model(x[None].to(device))[0]
         res = DenseResult(str(f), width=pil.width, height=pil.height, image=image)
