@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from sknet._device import resolve_device
 from sknet._files import atomic_write_text, check_out_arg, check_output
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     elif run_dir is not None:
         out = run_dir / "eval.json"  # the command's own product: replaced on each evaluation
     if is_dense_source(args.source):
-        return _run_dense(args, out)
+        return _report(args, out, _evaluate_dense(args), _print_dense)
     with standing_in(args):  # --checkpoint-path: read instead of downloading
         res = evaluate_source(
             args.source,
@@ -148,12 +149,24 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             random_weights=args.random_weights,
         )
+    return _report(args, out, res, _print_classifier)
+
+
+def _report(args: argparse.Namespace, out: Path | None, res: dict, table: Any) -> int:
+    """Write the JSON (``--out``), then print it (``--json``) or the table."""
     text = json.dumps(res, indent=2)
     if out is not None:
         atomic_write_text(out, text + "\n")
     if args.json:
         print(text)
         return 0
+    table(res)
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def _print_classifier(res: dict) -> None:
     print(f"{res['model']} on {res['data']} ({res['num_classes']} classes), {res['protocol']}")
     print(f"{'size':>6} {'resize':>7} {'top-1 err':>10} {'top-5 err':>10} {'n':>8}")
     for r in res["results"]:
@@ -162,14 +175,11 @@ def run(args: argparse.Namespace) -> int:
             f"{r['size']:>6} {resize:>7} {r['top1_err']:>9.2f}% {_pct(r['top5_err']):>10} "
             f"{r['n']:>8}"
         )
-    if out is not None:
-        print(f"wrote {out}")
-    return 0
 
 
-def _run_dense(args: argparse.Namespace, out: Path | None) -> int:
+def _evaluate_dense(args: argparse.Namespace) -> dict:
     """A detector's COCO metrics (overall and per size bin) or a segmenter's mIoU."""
-    res = evaluate_dense_source(
+    return evaluate_dense_source(
         args.source,
         data=args.data,
         data_dir=args.data_dir,
@@ -179,12 +189,9 @@ def _run_dense(args: argparse.Namespace, out: Path | None) -> int:
         threads=args.threads,
         size_bins=args.size_bins,
     )
-    text = json.dumps(res, indent=2)
-    if out is not None:
-        atomic_write_text(out, text + "\n")
-    if args.json:
-        print(text)
-        return 0
+
+
+def _print_dense(res: dict) -> None:
     print(
         f"{res['task']} {res['head']} over {res['model']} on {res['data']} "
         f"({len(res['classes'])} classes, {res['n_images']} images at {res['image_size']}px)"
@@ -204,9 +211,6 @@ def _run_dense(args: argparse.Namespace, out: Path | None) -> int:
             print(
                 f"  AP {name:<7} sqrt(area) [{lo:g}, {top}) px: {f('ap_' + name):>6} ({n} objects)"
             )
-    if out is not None:
-        print(f"wrote {out}")
-    return 0
 
 
 def _pct(v: float | None) -> str:
