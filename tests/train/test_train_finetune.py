@@ -111,6 +111,11 @@ def test_bad_init_is_one_clear_error(source: Path, tmp_path: Path, capsys) -> No
         (["--init", str(tmp_path / "missing")], "no run directory, checkpoint or weights file"),
         (["--init", str(source), "--freeze-stages", "4"], "freeze_stages=4, but sknet_tiny has 3"),
         (["--preset", "finetune"], "model is empty: name a model, or give init weights"),
+        # the preset freezes stage 1; from random weights that would keep noise fixed
+        (
+            ["--preset", "finetune", "--model", "sknet_tiny"],
+            "freeze_stages=1 needs init weights (--init SOURCE); to train from scratch",
+        ),
     ]
     for extra, expected in cases:
         out = tmp_path / "run"

@@ -293,7 +293,6 @@ class TrainConfig:
             "auto_augment is for classification (it would move objects away from their "
             "boxes); set it to 'none'",
         )
-        _need(self.freeze_stages == -1 or bool(self.init), "freeze_stages needs init weights")
 
     def resolved_head(self) -> str:
         """``head``, or the dense task's default head ("" for classification)."""

@@ -54,12 +54,18 @@ def _arch_overrides(name: str, arch: dict[str, Any]) -> dict[str, Any]:
 def resolve_init(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with what ``init`` determines filled in: ``model`` (when empty, with the
     overrides that rebuild the weights' architecture), ``image_size`` (when 0) and
-    ``mean``/``std`` (when empty). Without ``init``, ``model`` must be set."""
+    ``mean``/``std`` (when empty). Without ``init``, ``model`` must be set and nothing may
+    be frozen (random weights have nothing to keep)."""
     if not cfg.init:
         if not cfg.model:
             raise ConfigError(
                 "model is empty: name a model, or give init weights (--init SOURCE) whose "
                 "architecture the run then uses"
+            )
+        if cfg.freeze_stages != -1:
+            raise ConfigError(
+                f"freeze_stages={cfg.freeze_stages} needs init weights (--init SOURCE); to train "
+                "from scratch (e.g. with the finetune preset), pass --freeze-stages -1"
             )
         return cfg
     if cfg.model and cfg.image_size and cfg.mean and cfg.std:
