@@ -655,6 +655,19 @@ def _objects(
     return b, labels[keep].numpy(), np.sqrt(np.clip(area[keep].numpy(), 0, None))
 
 
+def _named_units(model: nn.Module, units: Sequence[str] | None) -> dict[str, UnitInfo]:
+    """``unit_infos(model)``, restricted to ``units`` when given (an unknown name is an error)."""
+    infos = unit_infos(model)
+    if units is None:
+        return infos
+    unknown = [u for u in units if u not in infos]
+    if unknown:
+        raise ConfigError(
+            f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(infos)}"
+        )
+    return {u: infos[u] for u in units}
+
+
 def _chosen_units(
     model: nn.Module,
     units: Sequence[str] | None,
@@ -662,16 +675,9 @@ def _chosen_units(
     image_size: int | None,
 ) -> dict[str, UnitInfo]:
     """The analysed units (all with attention, or those named) with the options checked."""
-    infos = unit_infos(model)
-    if units is not None:
-        unknown = [u for u in units if u not in infos]
-        if unknown:
-            raise ConfigError(
-                f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(infos)}"
-            )
-        if not units:
-            raise ConfigError("choose at least one SK unit")
-        infos = {u: infos[u] for u in units}
+    if units is not None and not units:
+        raise ConfigError("choose at least one SK unit")
+    infos = _named_units(model, units)
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be >= 1, got {max_images}")
     if image_size is not None and image_size < 1:
@@ -749,97 +755,126 @@ def object_attention(
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, nn.Module) or not all(_contains(backbone, mods[n]) for n in infos):
         backbone = None
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-
-    img_idx: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    sizes: list[np.ndarray] = []
-    wh: list[np.ndarray] = []
-    per_unit: dict[str, dict[str, list[np.ndarray]]] = {
-        n: {"large": [], "branch_mean": [], "image": [], "channels": []} for n in infos
-    }
-    bad_files: list[str] = []
-    seen_images = 0
-    side = image_size
+    run = _Run(infos, side=image_size, include_crowd=include_crowd, keep_channels=keep_channels)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), capture_attention(model), probe.attached(backbone):
-            for batch in batches:
-                images, targets, bad = _split_batch(batch)
-                bad_files.extend(bad)
-                if max_images is not None:
-                    left = max_images - seen_images
-                    images, targets = images[:left], targets[:left]
-                b = int(images.shape[0])
-                if b == 0:
-                    if max_images is not None and seen_images >= max_images:
-                        break
-                    continue
-                if side is None:
-                    side = int(images.shape[-1])
-                probe.image_size = side
-                rois = []
-                for i, t in enumerate(targets):
-                    boxes, lab, sq = _objects(t, side, include_crowd)
-                    rois.append(np.concatenate([np.full((len(lab), 1), i), boxes], axis=1))
-                    img_idx.append(np.full(len(lab), seen_images + i, dtype=np.int64))
-                    labels.append(lab)
-                    sizes.append(sq)
-                    wh.append(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1))
-                roi_t = torch.from_numpy(np.concatenate(rois, 0)).float().reshape(-1, 5)
-                probe.start_batch(roi_t, b)
-                model(images.to(device))
-                _collect(probe, per_unit, len(roi_t), b, keep_channels)
-                seen_images += b
-                if max_images is not None and seen_images >= max_images:
-                    break
+            run.batches(model, probe, batches, max_images)
     finally:
         model.train(was_training)
 
     ran = {n for n, p in probe.probes.items() if not math.isnan(p.stride)}
     not_run = [n for n in infos if n not in ran]
-    if seen_images and not_run:
+    if run.seen and not_run:
         if units is not None:
             raise ConfigError(
                 f"SK unit(s) {', '.join(not_run)} did not run in the model's forward pass"
             )
         infos = {n: i for n, i in infos.items() if n in ran}
+    meta = {
+        "bad_files": run.bad_files,
+        "include_crowd": include_crowd,
+        "area_source": "target 'area' where given, else box area",
+        "units_not_run": not_run if units is None else [],
+        "model": type(model).__name__,
+        "stride_from": "backbone input width" if backbone is not None else "image_size",
+    }
+    return run.result(infos, probe, meta)
 
-    def cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
-        return np.concatenate(parts, 0) if parts else np.zeros(shape, dtype=dtype)
 
-    large, bm, img, chans = {}, {}, {}, {}
-    for n, info in infos.items():
-        large[n] = cat(per_unit[n]["large"], (0,))
-        bm[n] = cat(per_unit[n]["branch_mean"], (0, info.num_branches))
-        img[n] = cat(per_unit[n]["image"], (0,))
-        if keep_channels:
-            chans[n] = cat(per_unit[n]["channels"], (0, info.num_branches, info.channels))
-    return ObjectAttention(
-        units=dict(infos),
-        image_size=int(side or 0),
-        num_images=seen_images,
-        image_index=cat(img_idx, (0,), np.int64).astype(np.int64),
-        labels=cat(labels, (0,), np.int64).astype(np.int64),
-        sqrt_area=cat(sizes, (0,)),
-        box_size=cat(wh, (0, 2)),
-        large=large,
-        branch_mean=bm,
-        image_large=img,
-        strides={n: probe.probes[n].stride for n in infos},
-        feature_sizes={n: probe.probes[n].feature_size for n in infos},
-        channels=chans,
-        meta={
-            "bad_files": bad_files,
-            "include_crowd": include_crowd,
-            "area_source": "target 'area' where given, else box area",
-            "units_not_run": not_run if units is None else [],
-            "model": type(model).__name__,
-            "stride_from": "backbone input width" if backbone is not None else "image_size",
-        },
+def _cat(parts: list[np.ndarray], shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+    return np.concatenate(parts, 0) if parts else np.zeros(shape, dtype=dtype)
+
+
+@dataclass
+class _Run:
+    """What :func:`object_attention` accumulates over the batches: the objects (image index,
+    label, sqrt(area), box width and height) and every unit's per-batch results."""
+
+    infos: dict[str, UnitInfo]
+    side: int | None
+    include_crowd: bool
+    keep_channels: bool
+    seen: int = 0
+    bad_files: list[str] = field(default_factory=list)
+    objects: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"image": [], "label": [], "size": [], "wh": []}
     )
+    per_unit: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        keys = ("large", "branch_mean", "image", "channels")
+        self.per_unit = {n: {k: [] for k in keys} for n in self.infos}
+
+    def batches(
+        self, model: nn.Module, probe: _Probe, batches: Iterable[Any], max_images: int | None
+    ) -> None:
+        """Run ``model`` on every batch (up to ``max_images`` images) and collect."""
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        for batch in batches:
+            images, targets, bad = _split_batch(batch)
+            self.bad_files.extend(bad)
+            if max_images is not None:
+                left = max_images - self.seen
+                images, targets = images[:left], targets[:left]
+            b = int(images.shape[0])
+            if b:
+                if self.side is None:
+                    self.side = int(images.shape[-1])
+                probe.image_size = self.side
+                rois = self._rois(targets)
+                probe.start_batch(rois, b)
+                model(images.to(device))
+                _collect(probe, self.per_unit, len(rois), b, self.keep_channels)
+                self.seen += b
+            if max_images is not None and self.seen >= max_images:
+                break
+
+    def _rois(self, targets: list[dict[str, Any]]) -> torch.Tensor:
+        """The batch's objects as roi_align boxes ``(K, 5)``; their records are kept."""
+        rois = []
+        for i, t in enumerate(targets):
+            boxes, lab, sq = _objects(t, int(self.side or 0), self.include_crowd)
+            rois.append(np.concatenate([np.full((len(lab), 1), i), boxes], axis=1))
+            self.objects["image"].append(np.full(len(lab), self.seen + i, dtype=np.int64))
+            self.objects["label"].append(lab)
+            self.objects["size"].append(sq)
+            self.objects["wh"].append(
+                np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+            )
+        return torch.from_numpy(np.concatenate(rois, 0)).float().reshape(-1, 5)
+
+    def result(
+        self, infos: dict[str, UnitInfo], probe: _Probe, meta: dict[str, Any]
+    ) -> ObjectAttention:
+        """The collected arrays of the units in ``infos`` as an :class:`ObjectAttention`."""
+        acc = self.per_unit
+        obj = self.objects
+        return ObjectAttention(
+            units=dict(infos),
+            image_size=int(self.side or 0),
+            num_images=self.seen,
+            image_index=_cat(obj["image"], (0,), np.int64).astype(np.int64),
+            labels=_cat(obj["label"], (0,), np.int64).astype(np.int64),
+            sqrt_area=_cat(obj["size"], (0,)),
+            box_size=_cat(obj["wh"], (0, 2)),
+            large={n: _cat(acc[n]["large"], (0,)) for n in infos},
+            branch_mean={
+                n: _cat(acc[n]["branch_mean"], (0, i.num_branches)) for n, i in infos.items()
+            },
+            image_large={n: _cat(acc[n]["image"], (0,)) for n in infos},
+            strides={n: probe.probes[n].stride for n in infos},
+            feature_sizes={n: probe.probes[n].feature_size for n in infos},
+            channels={
+                n: _cat(acc[n]["channels"], (0, i.num_branches, i.channels))
+                for n, i in infos.items()
+            }
+            if self.keep_channels
+            else {},
+            meta=meta,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -956,14 +991,7 @@ def force_branch(
     Raises:
         ConfigError: no SK attention unit, an unknown unit, or a bad ``which``.
     """
-    infos = unit_infos(model)
-    if units is not None:
-        unknown = [u for u in units if u not in infos]
-        if unknown:
-            raise ConfigError(
-                f"unknown SK unit(s) {', '.join(unknown)}; this model has {', '.join(infos)}"
-            )
-        infos = {u: infos[u] for u in units}
+    infos = _named_units(model, units)
     chosen: dict[str, int] = {}
     for name, info in infos.items():
         if which == "small":
