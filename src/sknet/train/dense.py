@@ -332,30 +332,15 @@ class DenseTrainer(_Trainer):
             val["map"] = val["miou"]  # the segmenter's best epoch: the highest mIoU
         return val
 
-    def csv_row(
-        self, train_stats: dict[str, float], val: dict[str, Any], seconds: float, images: int
-    ) -> dict[str, Any]:
-        st = self.state
-
+    def metric_columns(self, train_stats: dict[str, float], val: dict[str, Any]) -> dict[str, Any]:
         def v(key: str) -> Any:
             x = val.get(key)
             return "" if x is None else x
 
+        keys = ("ap50", "ap75", "ap_small", "ap_medium", "ap_large", "miou")
         return {
-            "epoch": st.epoch,
-            "step": st.global_step,
-            "lr": self.current_lr(),
-            "train_loss": train_stats["loss"],
             "val_map": v("map") if self.cfg.task == "detect" else "",
-            "val_ap50": v("ap50"),
-            "val_ap75": v("ap75"),
-            "val_ap_small": v("ap_small"),
-            "val_ap_medium": v("ap_medium"),
-            "val_ap_large": v("ap_large"),
-            "val_miou": v("miou"),
-            "epoch_seconds": seconds,
-            "img_per_s": images * self.dist.world_size / max(1e-9, seconds),
-            "elapsed_seconds": st.elapsed(),
+            **{f"val_{k}": v(k) for k in keys},
         }
 
     def log_epoch(

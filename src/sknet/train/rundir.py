@@ -242,20 +242,19 @@ def pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "n/a"
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """``summary.json`` and its human-readable twin ``summary.txt`` (both atomic)."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    s = summary
+def _write_summary_files(run_dir: Path, s: dict[str, Any], model: str, val: str, best: str) -> None:
+    """``summary.json`` and its human-readable twin ``summary.txt`` (both atomic); ``model``,
+    ``val`` and ``best`` are the task's own lines."""
+    atomic_write_text(run_dir / "summary.json", json.dumps(s, indent=2) + "\n")
     lines = [
         f"run        {s['run_dir']}",
-        f"model      {s['model']} ({s['params']:,} params, "
+        f"model      {model} ({s['params']:,} params, "
         f"{s['macs'] / 1e6:.1f} MMACs at {s['image_size']}px)",
         f"data       {s['data']} ({s['num_classes']} classes)",
         f"epochs     {s['epochs_done']} ({s['steps']} steps, global batch "
         f"{s['global_batch']}, {s['world_size']} process(es))",
-        f"val        top-1 err {pct(s['top1_err'])}, top-5 err {pct(s['top5_err'])} "
-        f"(accuracy {pct(s['val_acc'])}, n={s['val_n']})",
-        f"best       epoch {s['best'].get('epoch')}: top-1 err {pct(s['best'].get('top1_err'))}",
+        f"val        {val}",
+        f"best       {best}",
         f"time       {s['seconds']:.1f}s",
     ]
     if s.get("init"):
@@ -265,9 +264,21 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "summary.txt", "\n".join(lines) + "\n")
 
 
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``summary.json`` and ``summary.txt`` of a classification run."""
+    s = summary
+    _write_summary_files(
+        run_dir,
+        s,
+        model=s["model"],
+        val=f"top-1 err {pct(s['top1_err'])}, top-5 err {pct(s['top5_err'])} "
+        f"(accuracy {pct(s['val_acc'])}, n={s['val_n']})",
+        best=f"epoch {s['best'].get('epoch')}: top-1 err {pct(s['best'].get('top1_err'))}",
+    )
+
+
 def write_dense_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and ``summary.txt`` of a detection or segmentation run."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     s, val = summary, summary.get("val") or {}
 
     def f(key: str) -> str:
@@ -285,22 +296,13 @@ def write_dense_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         metrics = f"mAP {f('map')}, AP50 {f('ap50')}, AP75 {f('ap75')}; by size: {bins}"
     best = s["best"]
     best_key = next((k for k in best if k != "epoch"), "map")
-    lines = [
-        f"run        {s['run_dir']}",
-        f"model      {s['task']} {s['head']} over {s['model']} ({s['params']:,} params, "
-        f"{s['macs'] / 1e6:.1f} MMACs at {s['image_size']}px)",
-        f"data       {s['data']} ({s['num_classes']} classes)",
-        f"epochs     {s['epochs_done']} ({s['steps']} steps, global batch "
-        f"{s['global_batch']}, {s['world_size']} process(es))",
-        f"val        {metrics} (n={val.get('n_images')})",
-        f"best       epoch {best.get('epoch')}: {best_key} {best.get(best_key)}",
-        f"time       {s['seconds']:.1f}s",
-    ]
-    if s.get("init"):
-        lines.insert(2, f"init       {s['init'].get('init')}")
-    if s["bad_images"]:
-        lines.append(f"skipped    {s['bad_images']} unreadable image(s)")
-    atomic_write_text(run_dir / "summary.txt", "\n".join(lines) + "\n")
+    _write_summary_files(
+        run_dir,
+        s,
+        model=f"{s['task']} {s['head']} over {s['model']}",
+        val=f"{metrics} (n={val.get('n_images')})",
+        best=f"epoch {best.get('epoch')}: {best_key} {best.get(best_key)}",
+    )
 
 
 # ------------------------------------------------------------------------------------ logs

@@ -785,21 +785,28 @@ class _Trainer:
     def csv_row(
         self, train_stats: dict[str, float], val: dict[str, Any], seconds: float, images: int
     ) -> dict[str, Any]:
-        """The epoch's row of metrics.csv (:attr:`csv_fields`)."""
+        """The epoch's row of metrics.csv (:attr:`csv_fields`): step, lr and timing, with the
+        task's own columns from :meth:`metric_columns`."""
         st = self.state
         return {
             "epoch": st.epoch,
             "step": st.global_step,
             "lr": self.current_lr(),
             "train_loss": train_stats["loss"],
+            **self.metric_columns(train_stats, val),
+            "epoch_seconds": seconds,
+            "img_per_s": images * self.dist.world_size / max(1e-9, seconds),
+            "elapsed_seconds": st.elapsed(),
+        }
+
+    def metric_columns(self, train_stats: dict[str, float], val: dict[str, Any]) -> dict[str, Any]:
+        """The classification columns of a metrics.csv row ("" where not measured)."""
+        return {
             "train_acc": train_stats["acc"],
             "val_loss": val.get("loss", ""),
             "val_top1_err": val.get("top1_err", ""),
             "val_top5_err": "" if val.get("top5_err") is None else val["top5_err"],
             "val_acc": val.get("top1_acc", ""),
-            "epoch_seconds": seconds,
-            "img_per_s": images * self.dist.world_size / max(1e-9, seconds),
-            "elapsed_seconds": st.elapsed(),
         }
 
     def log_epoch(
