@@ -45,6 +45,7 @@ from typing import Any
 import sknet.train as _train_mod
 from sknet._files import atomic_write_text
 from sknet._json import jsonable
+from sknet.analysis.plots import save_figure
 from sknet.complexity import complexity
 from sknet.data import SyntheticShapes
 from sknet.errors import ConfigError, MissingFileError, OutputError, TrainingError
@@ -400,13 +401,7 @@ def plot_table(doc: dict[str, Any], out_dir: Path, stem: str = "table") -> list[
         else:  # far off the scale: say it rather than squash the results
             ax.set_xlabel(f"{ax.get_xlabel()}; chance level {chance:.0f}% (off the scale)")
     ax.set_xlim(lo, hi)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out_dir / f"{stem}.{ext}"
-        fig.savefig(p, dpi=120)
-        paths.append(p)
-    return paths
+    return save_figure(fig, out_dir, stem, tight=False)
 
 
 TrainFn = Callable[..., dict[str, Any]]

@@ -71,14 +71,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from torch import nn
 from torchvision.ops import roi_align
 
-from sknet._files import atomic_save, atomic_write_text
+from sknet._files import atomic_write_text
 from sknet.analysis.attention import UnitInfo, unit_infos
+from sknet.analysis.plots import save_figure
 from sknet.errors import ConfigError, DataError, FileFormatError, InputError, InputTypeError
 from sknet.layers.sk import SKConv
 from sknet.models import capture_attention, sk_units
@@ -107,7 +107,6 @@ PERMUTATIONS = 2000
 PERMUTATION_MAX_N = 10_000
 
 _TERCILE_NAMES = ("small", "medium", "large")
-_FORMATS = ("png", "svg")
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,20 +881,6 @@ class _Run:
 # --------------------------------------------------------------------------------------------
 
 
-def _save_atomic(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    FigureCanvasAgg(fig)
-    paths = []
-    for ext in _FORMATS:
-        p = Path(out_dir) / f"{stem}.{ext}"
-
-        def write(tmp: str, ext: str = ext) -> None:
-            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
-
-        atomic_save(write, p)
-        paths.append(p)
-    return paths
-
-
 def plot_object_attention(
     result: ObjectAttention,
     out_dir: str | Path,
@@ -967,7 +952,7 @@ def plot_object_attention(
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
-    return _save_atomic(fig, Path(out_dir), stem)
+    return save_figure(fig, Path(out_dir), stem)
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from sknet.analysis.dense_scale import (
     object_attention,
     plot_object_attention,
 )
+from sknet.analysis.plots import save_figure
 from sknet.data.dense import dense_collate
 from sknet.dense import evaluate_dense, load_dense
 from sknet.errors import ConfigError
@@ -629,10 +630,4 @@ def plot_study(doc: dict[str, Any], out_dir: Path, stem: str = "metrics") -> lis
     fig.suptitle(
         f"{doc['task']} {doc['head']} on {doc['data']} ({len(doc['seeds'])} seeds)", fontsize=9
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out_dir / f"{stem}.{ext}"
-        fig.savefig(p, dpi=120)
-        paths.append(p)
-    return paths
+    return save_figure(fig, out_dir, stem, tight=False)

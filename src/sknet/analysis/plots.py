@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sknet._files import atomic_save
 from sknet.analysis.attention import AttentionResult, zkey
 from sknet.errors import ConfigError
 
@@ -73,13 +74,18 @@ def _colors(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, stem: str, *, tight: bool = True) -> list[Path]:
+    """``out_dir/stem.png`` and ``.svg`` (120 dpi), each written atomically; the paths."""
     FigureCanvasAgg(fig)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in _FORMATS:
-        p = out_dir / f"{stem}.{ext}"
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+        p = Path(out_dir) / f"{stem}.{ext}"
+
+        def write(tmp: str, ext: str = ext) -> None:
+            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight" if tight else None)
+
+        atomic_save(write, p)
         paths.append(p)
     return paths
 
@@ -124,7 +130,7 @@ def plot_channel_attention(
         ax.set_ylabel("attention")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _save(fig, out_dir, stem)
+    return save_figure(fig, out_dir, stem)
 
 
 def plot_depth(result: AttentionResult, out_dir: Path, *, stem: str = "fig3_depth") -> list[Path]:
@@ -157,7 +163,7 @@ def plot_depth(result: AttentionResult, out_dir: Path, *, stem: str = "fig3_dept
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out_dir, stem)
+    return save_figure(fig, out_dir, stem)
 
 
 def plot_classes(
@@ -199,7 +205,7 @@ def plot_classes(
             ax.set_xlabel("class index")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _save(fig, out_dir, stem)
+    return save_figure(fig, out_dir, stem)
 
 
 def plot_all(
