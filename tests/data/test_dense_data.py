@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
 
 from sknet.data.dense import (
     MAX_BOX_IOU,
@@ -41,12 +42,8 @@ def ds() -> SyntheticDense:
 
 
 def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    """IoU by torchvision (an oracle independent of the generator's own check)."""
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
 
 
 # ------------------------------------------------------------------ SyntheticDense
