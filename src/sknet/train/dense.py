@@ -24,7 +24,6 @@ predictions in one place; validation splits here are small).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sknet._device import autocast, resolve_device
+from sknet._device import resolve_device
 from sknet.data.dense import CocoFolder, SyntheticDense, dense_collate
 from sknet.dense import (
     COCO_SIZE_BINS,
@@ -293,26 +292,20 @@ class DenseTrainer(_Trainer):
         return images, targets
 
     def forward_backward(self, images: Any, targets: Any, *, sync: bool) -> torch.Tensor:
-        cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
         targets = [
             {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
             for t in targets
         ]
-        no_sync = self.dist.distributed and not sync
-        with self.net.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-            with autocast(self.device, cfg.amp):
-                losses = self.net(images, targets)
+
+        def forward() -> tuple[torch.Tensor, None]:
+            losses = self.net(images, targets)  # torchvision's dict of the head's losses
             loss = sum(v.float() for v in losses.values())
             assert isinstance(loss, torch.Tensor)
-            scaled = loss / cfg.grad_accum
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            return loss, None
+
+        ld, _ = self.backward(forward, sync=sync)
         with torch.no_grad():
-            ld = loss.detach()
-            self.nonfinite += (~torch.isfinite(ld)).float()
             n = images.shape[0]
             self.state.partial[0] += ld.double() * n
             self.state.partial[2] += n

@@ -37,7 +37,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -643,25 +643,39 @@ class _Trainer:
             images, labels = self.mix(images, labels)  # soft targets (B, classes)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        # Under DDP, gradients are all-reduced only after the last micro-batch of a step.
-        no_sync = self.dist.distributed and not sync
-        with self.net.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-            with autocast(self.device, cfg.amp):
-                logits = self.net(images)
-                loss = self.criterion(logits.float(), labels)
-            scaled = loss / cfg.grad_accum
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+
+        def forward() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.net(images)
+            return self.criterion(logits.float(), labels), logits
+
+        ld, logits = self.backward(forward, sync=sync)
         with torch.no_grad():
-            ld = loss.detach()
-            self.nonfinite += (~torch.isfinite(ld)).float()
             partial = self.state.partial
             partial[0] += ld.double() * hard.numel()
             partial[1] += (logits.detach().argmax(1) == hard).sum()
             partial[2] += hard.numel()
         return ld
+
+    def backward(
+        self, forward: Callable[[], tuple[torch.Tensor, Any]], *, sync: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """``forward()`` (returning the loss and anything else) under autocast, then the
+        backward pass of the loss over ``grad_accum``, scaled when AMP needs it. Under DDP,
+        gradients are all-reduced only after the last micro-batch of a step (``sync``).
+        Returns the detached loss, counted by the non-finite check, and the other output."""
+        no_sync = self.dist.distributed and not sync
+        with self.net.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with autocast(self.device, self.cfg.amp):
+                loss, out = forward()
+            scaled = loss / self.cfg.grad_accum
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        ld = loss.detach()
+        with torch.no_grad():
+            self.nonfinite += (~torch.isfinite(ld)).float()
+        return ld, out
 
     def optimizer_step(self, loss: torch.Tensor, window: _Window, bar: Any) -> None:
         """Apply the accumulated gradients, then log and checkpoint when due."""
