@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 from collections.abc import Iterator
 from typing import Any
 
@@ -393,42 +392,18 @@ class DenseTrainer(_Trainer):
             self.threads,
         )
 
-    def summary(self, resumed: bool) -> dict[str, Any]:
-        cfg, st, data = self.cfg, self.state, self.data
-        val, train_stats = st.last_val(), st.last_train()
-        summary: dict[str, Any] = {
-            "run_dir": str(self.run_dir),
+    def counts(self) -> tuple[int, int]:
+        return int(self.cx["params"]), int(self.cx["macs"])
+
+    def summary_results(self, val: dict[str, Any], train_stats: dict[str, float]) -> dict[str, Any]:
+        cfg = self.cfg
+        metrics = ("map", "ap50", "ap75", "miou", "pixel_acc")
+        return {
             "task": cfg.task,
             "head": cfg.resolved_head(),
-            "model": cfg.model,
-            "model_overrides": dict(cfg.model_overrides),
-            "data": cfg.data,
-            "image_size": data.image_size,
-            "num_classes": self.num_classes,
-            "classes": list(data.classes),
-            "params": int(self.cx["params"]),
-            "macs": int(self.cx["macs"]),
-            "epochs_done": st.epoch,
-            "steps": st.global_step,
-            "global_batch": cfg.batch_size,
-            "world_size": self.dist.world_size,
-            "lr": cfg.effective_lr(),
-            "seconds": round(st.elapsed(), 2),
-            "train_loss": train_stats.get("loss"),
             "val": val,
-            "best": st.best,
-            "bad_images": len(st.bad_files),
-            "bad_files": st.bad_files[:20],
-            "resumed": resumed,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            **{k: val[k] for k in metrics if k in val},
         }
-        for key in ("map", "ap50", "ap75", "miou", "pixel_acc"):
-            if key in val:
-                summary[key] = val[key]
-        if self.provenance:
-            summary["init"] = self.provenance
-        return summary
 
     def write_final(self, summary: dict[str, Any]) -> None:
         cfg, meta = self.cfg, self.meta

@@ -934,8 +934,10 @@ class _Trainer:
         return summary
 
     def summary(self, resumed: bool) -> dict[str, Any]:
+        """summary.json's content: the run, model, data, schedule, timing and provenance, with
+        the task's own results from :meth:`summary_results`."""
         cfg, st, data = self.cfg, self.state, self.data
-        val, train_stats = st.last_val(), st.last_train()
+        params, macs = self.counts()
         summary = {
             "run_dir": str(self.run_dir),
             "model": cfg.model,
@@ -944,21 +946,16 @@ class _Trainer:
             "image_size": data.image_size,
             "num_classes": self.num_classes,
             "classes": list(data.classes) if data.classes else None,
-            "params": int(self.cx.params),
-            "macs": int(self.cx.macs),
+            "params": params,
+            "macs": macs,
             "epochs_done": st.epoch,
             "steps": st.global_step,
             "global_batch": cfg.batch_size,
             "world_size": self.dist.world_size,
             "lr": cfg.effective_lr(),
             "seconds": round(st.elapsed(), 2),
-            "train_loss": train_stats.get("loss"),
-            "train_acc": train_stats.get("acc"),
-            "top1_err": val.get("top1_err"),
-            "top5_err": val.get("top5_err"),
-            "val_loss": val.get("loss"),
-            "val_acc": val.get("top1_acc"),
-            "val_n": val.get("n"),
+            "train_loss": st.last_train().get("loss"),
+            **self.summary_results(st.last_val(), st.last_train()),
             "best": st.best,
             "bad_images": len(st.bad_files),
             "bad_files": st.bad_files[:20],
@@ -969,6 +966,21 @@ class _Trainer:
         if self.provenance:
             summary["init"] = self.provenance
         return summary
+
+    def counts(self) -> tuple[int, int]:
+        """The model's parameters and MACs per image."""
+        return int(self.cx.params), int(self.cx.macs)
+
+    def summary_results(self, val: dict[str, Any], train_stats: dict[str, float]) -> dict[str, Any]:
+        """The classification results of summary.json."""
+        return {
+            "train_acc": train_stats.get("acc"),
+            "top1_err": val.get("top1_err"),
+            "top5_err": val.get("top5_err"),
+            "val_loss": val.get("loss"),
+            "val_acc": val.get("top1_acc"),
+            "val_n": val.get("n"),
+        }
 
     def write_final(self, summary: dict[str, Any]) -> None:
         cfg, meta = self.cfg, self.meta
