@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -278,17 +277,6 @@ class DenseTrainer(_Trainer):
     def build_ingredients(self) -> None:
         super().build_ingredients()
         self.mix = None  # MixUp / CutMix are refused for dense tasks by the config
-
-    def next_batch(self, it: Iterator[Any]) -> Any:
-        try:
-            images, targets, bad = next(it)
-        except StopIteration:  # pragma: no cover - guarded by micro_per_epoch
-            return None
-        except Exception as exc:
-            raise _clean_loader_error(exc) from None
-        if bad:
-            self.note_bad(list(bad))
-        return images, targets
 
     def forward_backward(self, images: Any, targets: Any, *, sync: bool) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)

@@ -607,16 +607,18 @@ class _Trainer:
             leave=True,
         )
 
-    def next_batch(self, it: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def next_batch(self, it: Iterator[Any]) -> tuple[Any, Any] | None:
+        """The next ``(inputs, targets)`` of the loader (whose batches are ``(inputs, targets,
+        bad)``; the names in ``bad`` are recorded), or None at its end."""
         try:
-            images, labels, bad = next(it)
+            images, targets, bad = next(it)
         except StopIteration:  # pragma: no cover - guarded by micro_per_epoch
             return None
         except Exception as exc:
             raise _clean_loader_error(exc) from None
-        if any(bad):
+        if any(bad):  # classification: an entry per sample ("" when read); dense: the names
             self.note_bad(list(bad))
-        return images, labels
+        return images, targets
 
     def set_lr(self) -> None:
         """The schedule's learning rate for the next optimizer step, times each group's
