@@ -59,6 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="allow a bare model name (random weights, for smoke tests)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_data_args(p)
+    _add_unit_args(p)
+    _add_engine_args(p)
+    # issue 17: CLI parity with the Python API
+    add_checkpoint_path(p)
+    add_progress(p, "progress line")
+    p.set_defaults(func=run)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """What to probe: data set, split, zooms, object selection, input size."""
     p.add_argument(
         "--data",
         choices=DATASET_NAMES,
@@ -103,6 +114,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=None, help="built-in data: data seed (default: the run's)"
     )
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the run's)")
+
+
+def _add_unit_args(p: argparse.ArgumentParser) -> None:
+    """Which units the per-channel and per-class plots show."""
     p.add_argument(
         "--units",
         nargs="+",
@@ -125,6 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="channels per group in the per-channel plot (default: at most 64 groups)",
     )
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """How to run: batch, workers, device, threads, deploy form, output."""
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -141,10 +160,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "kernels: the same attention within float rounding, about 2x faster on a CPU)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    # issue 17: CLI parity with the Python API
-    add_checkpoint_path(p)
-    add_progress(p, "progress line")
-    p.set_defaults(func=run)
 
 
 def _load(
